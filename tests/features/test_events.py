@@ -1,0 +1,75 @@
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from features.events import (
+    Click,
+    Impression,
+    InvalidEvent,
+    decode_click,
+    decode_impression,
+    encode_event,
+)
+
+GOOD_IMPRESSION = {
+    "impression_id": "i1",
+    "request_id": "r1",
+    "user_id": "u1",
+    "item_id": "it1",
+    "category_id": "c1",
+    "position": 3,
+    "ts": 1_700_000_000_000,
+    "context": {"device": "ios"},
+}
+
+
+def test_impression_round_trips_through_json():
+    imp = decode_impression(json.dumps(GOOD_IMPRESSION))
+    assert imp == Impression(**GOOD_IMPRESSION)
+    assert decode_impression(encode_event(imp)) == imp
+
+
+def test_missing_context_means_empty():
+    raw = {k: v for k, v in GOOD_IMPRESSION.items() if k != "context"}
+    assert decode_impression(json.dumps(raw)).context == {}
+
+
+def test_unknown_extra_fields_are_ignored_for_forward_compatibility():
+    raw = dict(GOOD_IMPRESSION, experiment="x7")
+    assert decode_impression(json.dumps(raw)).item_id == "it1"
+
+
+@pytest.mark.parametrize(
+    ("change", "reason"),
+    [
+        ({"position": "3"}, "Expected `int`, got `str` - at `$.position`"),
+        ({"position": -1}, "Expected `int` >= 0 - at `$.position`"),
+        ({"ts": 1.5}, "Expected `int`, got `float` - at `$.ts`"),
+        ({"user_id": ""}, "Expected `str` of length >= 1 - at `$.user_id`"),
+        ({"item_id": None}, "Expected `str`, got `null` - at `$.item_id`"),
+        ({"context": {"device": 1}}, "Expected `str`, got `int` - at `$.context[...]`"),
+    ],
+)
+def test_bad_impression_field_gives_one_line_reason(change, reason):
+    with pytest.raises(InvalidEvent) as exc:
+        decode_impression(json.dumps(dict(GOOD_IMPRESSION, **change)))
+    assert str(exc.value) == reason
+
+
+def test_missing_required_field_is_named():
+    raw = {k: v for k, v in GOOD_IMPRESSION.items() if k != "request_id"}
+    with pytest.raises(InvalidEvent, match="missing required field `request_id`"):
+        decode_impression(json.dumps(raw))
+
+
+def test_non_json_bytes_are_invalid_not_a_crash():
+    with pytest.raises(InvalidEvent, match="JSON"):
+        decode_click(b"\xff\x00garbage")
+
+
+def test_click_decodes_and_validates():
+    assert decode_click(b'{"impression_id":"i1","user_id":"u1","ts":5}') == Click("i1", "u1", 5)
+    with pytest.raises(InvalidEvent, match="impression_id"):
+        decode_click(b'{"user_id":"u1","ts":5}')
