@@ -20,8 +20,8 @@ from typing import Annotated
 import msgspec
 
 __all__ = [
-    "IMPRESSION_FIELDS",
     "CLICK_FIELDS",
+    "IMPRESSION_FIELDS",
     "Click",
     "Impression",
     "InvalidEvent",

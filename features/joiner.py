@@ -1,9 +1,12 @@
 """Event-time join of clicks to impressions: the one joiner of replay and service.
 
-An impression opens an attribution window ``[ts, ts + window_ms]``. A click on it
-inside the window makes the label final at once (a positive sample is emitted).
-When the watermark (the newest event time seen minus ``allowed_lateness_ms``)
-passes the window's end with no click, the label is final too: a negative sample.
+An impression opens an attribution window ``[ts, ts + window_ms]``; a click on it
+inside the window makes it a positive. When the watermark (the newest event time
+seen minus ``allowed_lateness_ms``) passes the window's end, the sample is emitted
+with its final label, positive or negative. Emitting both labels at the window end
+delays every sample by the same ``window_ms``: emitting positives at click time
+instead would show a learner the clicks of the last window before its non-clicks,
+and bias it upwards wherever features are new (the delayed-feedback problem).
 
 Everything that does not join is counted, never dropped silently:
 
@@ -21,14 +24,16 @@ duplicate click can be told apart from an orphan.
 >>> j = Joiner(JoinerConfig(window_ms=1000))
 >>> j.add_impression(Impression("i1", "r1", "u1", "it1", "c1", 0, ts=0))
 []
->>> [(s.impression.impression_id, s.label) for s in j.add_click(Click("i1", "u1", ts=1000))]
-[('i1', 1)]
->>> j.add_impression(Impression("i2", "r1", "u1", "it2", "c1", 1, ts=1500))
+>>> j.add_click(Click("i1", "u1", ts=900))
 []
->>> [(s.impression.impression_id, s.label) for s in j.advance(2501)]
-[('i2', 0)]
->>> j.stats.clicks_joined, j.stats.samples_negative
-(1, 1)
+>>> j.add_impression(Impression("i2", "r1", "u1", "it2", "c1", 1, ts=500))
+[]
+>>> [(s.impression.impression_id, s.label, s.click_ts) for s in j.advance(1001)]
+[('i1', 1, 900)]
+>>> [(s.impression.impression_id, s.label, s.final_ts) for s in j.flush()]
+[('i2', 0, 1500)]
+>>> j.stats.clicks_joined, j.stats.samples_positive, j.stats.samples_negative
+(1, 1, 1)
 """
 
 from __future__ import annotations
@@ -66,14 +71,16 @@ class JoinerConfig:
 class Sample:
     """A labelled training example: the impression, its final label and when it became final.
 
-    ``final_ts`` is the event time at which the joiner knew the label: the click's
-    time for a positive, the window end for a negative.
+    ``final_ts`` is the event time at which the joiner released it (the window end);
+    ``click_ts`` the time of the click that made it positive. ``payload`` is whatever
+    the caller attached to the impression (its features and scores at impression time).
     """
 
     impression: Impression
     label: int
     click_ts: int | None
     final_ts: int
+    payload: object = None
 
 
 @dataclass(slots=True)
@@ -97,15 +104,16 @@ class JoinStats:
 @dataclass(slots=True)
 class _Pending:
     impression: Impression
-    clicked: bool = False
+    payload: object
+    click_ts: int | None = None
 
 
 @dataclass(slots=True)
 class Joiner:
     """Joins clicks to impressions in event time; see the module docstring for semantics.
 
-    Each ``add_*``/``advance`` call returns the samples whose labels became final,
-    positives in click order, negatives in window-end order.
+    Each ``add_*``/``advance`` call returns the samples whose windows closed, in
+    window-end order.
     """
 
     config: JoinerConfig = field(default_factory=JoinerConfig)
@@ -118,22 +126,27 @@ class Joiner:
     _closed_expiry: list[tuple[int, str]] = field(default_factory=list, init=False)  # heap
     _held: dict[str, Click] = field(default_factory=dict, init=False)  # clicks before impression
     _held_expiry: list[tuple[int, str]] = field(default_factory=list, init=False)  # heap
+    _orphans: list[Click] = field(default_factory=list, init=False)
 
-    def add_impression(self, imp: Impression) -> list[Sample]:
-        """Open the impression's window; join a click that was waiting for it."""
+    def add_impression(self, imp: Impression, payload: object = None) -> list[Sample]:
+        """Open the impression's window; join a click that was waiting for it.
+
+        ``payload`` travels with the impression into its sample; a duplicate
+        impression is dropped with its payload.
+        """
         out = self._advance_to(imp.ts)
         self.stats.impressions += 1
         iid = imp.impression_id
         if iid in self._open or iid in self._closed:
             self.stats.duplicate_impressions += 1
             return out
-        pending = _Pending(imp)
+        pending = _Pending(imp, payload)
         self._open[iid] = pending
         heapq.heappush(self._open_ends, (imp.ts + self.config.window_ms, iid))
         held = self._held.pop(iid, None)
         if held is not None:
             # The held click was counted on arrival; now it finds its impression.
-            self._join(pending, held, out)
+            self._join(pending, held)
         return out
 
     def add_click(self, click: Click) -> list[Sample]:
@@ -143,7 +156,7 @@ class Joiner:
         iid = click.impression_id
         pending = self._open.get(iid)
         if pending is not None:
-            self._join(pending, click, out)
+            self._join(pending, click)
         elif iid in self._closed:
             if self._closed[iid]:
                 self.stats.duplicate_clicks += 1
@@ -163,10 +176,16 @@ class Joiner:
     def flush(self) -> list[Sample]:
         """End of input: close every open window and give up on every held click."""
         out = self._close_until(None)
-        self.stats.orphan_clicks += len(self._held)
+        for click in self._held.values():
+            self._orphan(click)
         self._held.clear()
         self._held_expiry.clear()
         return out
+
+    def take_orphans(self) -> list[Click]:
+        """Clicks declared orphan since the last call: bad records for the caller's DLQ."""
+        orphans, self._orphans = self._orphans, []
+        return orphans
 
     @property
     def open_windows(self) -> int:
@@ -176,20 +195,22 @@ class Joiner:
     def held_clicks(self) -> int:
         return len(self._held)
 
-    def _join(self, pending: _Pending, click: Click, out: list[Sample]) -> None:
+    def _orphan(self, click: Click) -> None:
+        self.stats.orphan_clicks += 1
+        self._orphans.append(click)
+
+    def _join(self, pending: _Pending, click: Click) -> None:
         imp = pending.impression
-        if pending.clicked:
+        if pending.click_ts is not None:
             self.stats.duplicate_clicks += 1
         elif click.ts < imp.ts:
             # A click cannot precede what it clicks: bad clock or bad id, not a label.
-            self.stats.orphan_clicks += 1
+            self._orphan(click)
         elif click.ts - imp.ts > self.config.window_ms:
             self.stats.late_clicks += 1
         else:
-            pending.clicked = True
+            pending.click_ts = click.ts
             self.stats.clicks_joined += 1
-            self.stats.samples_positive += 1
-            out.append(Sample(imp, 1, click.ts, max(click.ts, imp.ts)))
 
     def _advance_to(self, ts: int) -> list[Sample]:
         if ts <= self._max_ts:
@@ -209,10 +230,14 @@ class Joiner:
         while ends and (watermark is None or ends[0][0] < watermark):
             end, iid = heapq.heappop(ends)
             pending = self._open.pop(iid)
-            if not pending.clicked:
+            clicked = pending.click_ts is not None
+            if clicked:
+                self.stats.samples_positive += 1
+            else:
                 self.stats.samples_negative += 1
-                out.append(Sample(pending.impression, 0, None, end))
-            self._closed[iid] = pending.clicked
+            out.append(Sample(pending.impression, int(clicked), pending.click_ts, end,
+                              pending.payload))
+            self._closed[iid] = clicked
             heapq.heappush(self._closed_expiry, (end + retention, iid))
         if watermark is None:
             return out
@@ -227,5 +252,5 @@ class Joiner:
             # Entries of clicks that found their impression stay in the heap; skip them.
             if click is not None and click.ts + window == end:
                 del self._held[iid]
-                self.stats.orphan_clicks += 1
+                self._orphan(click)
         return out

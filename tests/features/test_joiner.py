@@ -20,20 +20,31 @@ def labels(samples) -> list[tuple[str, int]]:
     return [(s.impression.impression_id, s.label) for s in samples]
 
 
-def test_click_inside_window_emits_positive_at_click_time():
+def test_click_inside_window_makes_a_positive_released_at_window_end():
     j = Joiner()
     assert j.add_impression(imp("a", 1_000)) == []
-    out = j.add_click(click("a", 61_000))
-    assert labels(out) == [("a", 1)]
-    assert out[0].click_ts == 61_000 and out[0].final_ts == 61_000
+    assert j.add_click(click("a", 61_000)) == []
     assert j.stats.clicks_joined == 1
+    assert j.advance(1_000 + W) == []
+    out = j.advance(1_000 + W + 1)
+    assert labels(out) == [("a", 1)]
+    assert out[0].click_ts == 61_000 and out[0].final_ts == 1_000 + W
+
+
+def test_positives_and_negatives_are_delayed_alike_in_window_end_order():
+    j = Joiner(JoinerConfig(window_ms=100))
+    j.add_impression(imp("neg", 0))
+    j.add_impression(imp("pos", 10))
+    j.add_click(click("pos", 20))
+    assert labels(j.advance(500)) == [("neg", 0), ("pos", 1)]
 
 
 def test_click_exactly_at_window_end_is_joined():
     j = Joiner()
     j.add_impression(imp("a", 0))
-    assert labels(j.add_click(click("a", W))) == [("a", 1)]
-    assert j.stats.late_clicks == 0
+    j.add_click(click("a", W))
+    assert j.stats.late_clicks == 0 and j.stats.clicks_joined == 1
+    assert labels(j.flush()) == [("a", 1)]
 
 
 def test_late_click_after_window_is_counted_not_joined():
@@ -68,6 +79,7 @@ def test_duplicate_click_is_dropped_and_counted():
     j.add_impression(imp("a", 0))
     j.add_click(click("a", 10))
     assert j.add_click(click("a", 20)) == []
+    assert labels(j.flush()) == [("a", 1)]
     assert j.stats.duplicate_clicks == 1 and j.stats.samples_positive == 1
 
 
@@ -92,9 +104,10 @@ def test_click_before_impression_arrives_is_held_then_joined():
     j = Joiner()
     assert j.add_click(click("a", 500)) == []
     assert j.held_clicks == 1
-    out = j.add_impression(imp("a", 100))
-    assert labels(out) == [("a", 1)]
+    j.add_impression(imp("a", 100))
     assert j.held_clicks == 0 and j.stats.orphan_clicks == 0
+    out = j.flush()
+    assert labels(out) == [("a", 1)] and out[0].click_ts == 500
 
 
 def test_held_click_whose_impression_never_comes_becomes_orphan():
@@ -106,11 +119,13 @@ def test_held_click_whose_impression_never_comes_becomes_orphan():
     assert j.stats.orphan_clicks == 1 and j.held_clicks == 0
 
 
-def test_held_click_is_orphan_at_flush():
+def test_held_click_is_orphan_at_flush_and_handed_back():
     j = Joiner()
     j.add_click(click("ghost", 0))
     j.flush()
     assert j.stats.orphan_clicks == 1
+    assert j.take_orphans() == [click("ghost", 0)]
+    assert j.take_orphans() == []
 
 
 def test_click_earlier_than_its_impression_is_not_a_label():
@@ -135,14 +150,16 @@ def test_every_impression_gets_exactly_one_sample():
     assert sum(s.label for s in samples) == j.stats.samples_positive == len(range(0, 1000, 30))
 
 
-def test_samples_never_become_final_before_their_impression():
+def test_samples_are_released_only_after_their_window_ends():
     j = Joiner(JoinerConfig(window_ms=100))
     samples = []
     for t in range(0, 500, 7):
         samples += j.add_impression(imp(f"i{t}", t))
         samples += j.add_click(click(f"i{t - 7}", t))
     samples += j.flush()
-    assert all(s.final_ts >= s.impression.ts for s in samples)
+    assert all(s.final_ts == s.impression.ts + 100 for s in samples)
+    assert all(s.click_ts is None or s.impression.ts <= s.click_ts <= s.final_ts
+               for s in samples)
 
 
 @pytest.mark.parametrize(
