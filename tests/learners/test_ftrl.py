@@ -1,0 +1,466 @@
+"""FTRL-Proximal learner: river parity, state round trip, batch semantics, input checks."""
+
+from __future__ import annotations
+
+import copy
+import math
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from river import linear_model, optim
+
+from features.hashing import hash_feature, hash_features
+from learners import LEARNERS, FTRLProximal, Learner, LearnerError, make_learner
+
+# Parity needs no collisions: large enough for the ~3,700 names of the test stream (asserted;
+# untouched slots of the calloc-backed arrays cost no memory). Other tests use fewer bits.
+N_BITS = 23
+
+
+def make_stream(n_events: int, seed: int) -> tuple[list[dict[str, float]], list[int], list[float]]:
+    """Realistic sparse categorical impressions with labels from a hidden logistic model.
+
+    Users and items have skewed popularity, a bias each, and users a taste per category, so
+    ids and the user×category cross are informative. One numeric feature (not 1.0) checks
+    that feature values scale the gradient as in river. Also returns random sample weights.
+    """
+    rng = np.random.default_rng(seed)
+    n_users, n_items, n_cats = 300, 400, 12
+    user_bias = rng.normal(0.0, 0.5, n_users)
+    item_bias = rng.normal(0.0, 0.8, n_items)
+    item_cat = rng.integers(0, n_cats, n_items)
+    affinity = rng.normal(0.0, 1.0, (n_users, n_cats))
+    pop_u = np.arange(1, n_users + 1) ** -0.8
+    pop_i = np.arange(1, n_items + 1) ** -0.8
+    users = rng.choice(n_users, size=n_events, p=pop_u / pop_u.sum())
+    items = rng.choice(n_items, size=n_events, p=pop_i / pop_i.sum())
+    positions = rng.integers(0, 10, n_events)
+    devices = rng.choice(["ios", "android", "web"], size=n_events)
+    freshness = rng.uniform(0.0, 2.0, n_events)
+    logits = (
+        -1.2
+        + user_bias[users]
+        + item_bias[items]
+        + affinity[users, item_cat[items]]
+        - 0.2 * positions
+    )
+    labels = (rng.random(n_events) < 1.0 / (1.0 + np.exp(-logits))).astype(int)
+    weights = rng.uniform(0.2, 3.0, n_events)
+    xs = []
+    for u, i, pos, dev, fresh in zip(users, items, positions, devices, freshness, strict=True):
+        c = item_cat[i]
+        xs.append(
+            {
+                f"user=u{u}": 1.0,
+                f"item=i{i}": 1.0,
+                f"category=c{c}": 1.0,
+                f"position={pos}": 1.0,
+                f"user×category=u{u}|c{c}": 1.0,
+                f"item×position=i{i}|{pos}": 1.0,
+                f"ctx.device={dev}": 1.0,
+                "freshness": float(fresh),
+            }
+        )
+    return xs, labels.tolist(), weights.tolist()
+
+
+@pytest.fixture(scope="module")
+def stream() -> tuple[list[dict[str, float]], list[int], list[float]]:
+    return make_stream(3000, seed=7)
+
+
+def auc(y: list[int], p: list[float]) -> float:
+    """Mann–Whitney AUC with average ranks for ties (kept local: learners stand alone)."""
+    y_arr, p_arr = np.asarray(y), np.asarray(p)
+    order = np.argsort(p_arr, kind="mergesort")
+    ranks = np.empty(len(p_arr))
+    sorted_p = p_arr[order]
+    start = 0
+    while start < len(sorted_p):
+        end = start
+        while end + 1 < len(sorted_p) and sorted_p[end + 1] == sorted_p[start]:
+            end += 1
+        ranks[order[start : end + 1]] = (start + end) / 2.0 + 1.0
+        start = end + 1
+    n_pos = int(y_arr.sum())
+    n_neg = len(y_arr) - n_pos
+    return float((ranks[y_arr == 1].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
+
+
+def progressive(
+    model: Learner | linear_model.LogisticRegression,
+    xs: list[dict[str, float]],
+    ys: list[int],
+    ws: list[float] | None = None,
+) -> list[float]:
+    """Predict-before-learn probability of every event."""
+    out = []
+    for k, (x, y) in enumerate(zip(xs, ys, strict=True)):
+        w = 1.0 if ws is None else ws[k]
+        if isinstance(model, linear_model.LogisticRegression):
+            out.append(model.predict_proba_one(x)[True])
+        else:
+            out.append(model.predict_proba_one(x))
+        model.learn_one(x, y, w)
+    return out
+
+
+def snapshot(model: FTRLProximal) -> dict[str, object]:
+    return model.state_dict()
+
+
+def assert_same_state(a: dict[str, object], b: dict[str, object]) -> None:
+    assert a.keys() == b.keys()
+    for k in a:
+        if isinstance(a[k], np.ndarray):
+            np.testing.assert_array_equal(a[k], b[k])
+        else:
+            assert a[k] == b[k], k
+
+
+# -- river parity ------------------------------------------------------------------------
+
+
+def test_stream_feature_names_do_not_collide_at_test_n_bits(stream):
+    xs, _, _ = stream
+    names = sorted({k for x in xs for k in x})
+    assert len(names) > 2000
+    assert len(set(hash_features(names, N_BITS).tolist())) == len(names)
+
+
+@pytest.mark.parametrize(
+    ("alpha", "beta", "l1", "l2", "weighted"),
+    [
+        pytest.param(0.05, 1.0, 0.0, 1.0, False, id="defaults"),
+        pytest.param(0.2, 0.5, 0.7, 0.1, False, id="l1"),
+        pytest.param(0.1, 1.0, 0.3, 1.0, True, id="l1-sample-weights"),
+        pytest.param(0.5, 0.0, 0.0, 0.0, True, id="no-regularisation-weights"),
+    ],
+)
+def test_predictions_match_river_ftrl_within_1e9_over_3000_events(
+    stream, alpha, beta, l1, l2, weighted
+):
+    xs, ys, ws = stream
+    names = {k for x in xs for k in x}
+    assert len(set(hash_features(sorted(names), N_BITS).tolist())) == len(names)
+    ws_used = ws if weighted else None
+
+    ours = progressive(FTRLProximal(alpha, beta, l1, l2, n_bits=N_BITS), xs, ys, ws_used)
+    ref = progressive(
+        linear_model.LogisticRegression(
+            optimizer=optim.FTRLProximal(alpha=alpha, beta=beta, l1=l1, l2=l2), intercept_lr=0
+        ),
+        xs,
+        ys,
+        ws_used,
+    )
+
+    diff = np.abs(np.asarray(ours) - np.asarray(ref))
+    assert diff.max() <= 1e-9, f"max |p_ours - p_river| = {diff.max():.3g}"
+    # The comparison is not vacuous: the model moved far from 0.5.
+    assert np.ptp(ref) > 0.3
+
+
+def test_l1_keeps_the_last_weight_of_a_feature_whose_z_falls_inside_l1_like_river():
+    # One feature, alternating labels: z crosses into |z| <= l1 while w_i stays non-zero.
+    x = {"a": 1.0}
+    ys = [1, 1, 1, 0, 0, 0, 1, 0, 0, 1]
+    ours = progressive(FTRLProximal(alpha=0.5, l1=0.6, n_bits=8), [x] * len(ys), ys)
+    ref = progressive(
+        linear_model.LogisticRegression(
+            optimizer=optim.FTRLProximal(alpha=0.5, l1=0.6), intercept_lr=0
+        ),
+        [x] * len(ys),
+        ys,
+    )
+    assert ours == pytest.approx(ref, abs=1e-12)
+
+
+def test_saturated_scores_match_river_sigmoid_clamp_and_gradient_branches():
+    # Large feature values push |score| past river's 18 (gradient) and 30 (sigmoid) cut-offs.
+    xs = [{"a": 40.0, "b": -25.0}, {"a": 60.0}, {"b": 80.0}, {"a": -90.0, "c": 0.0}] * 5
+    ys = [1, 1, 0, 0] * 5
+    ours = progressive(FTRLProximal(alpha=1.0, n_bits=8), xs, ys)
+    ref = progressive(
+        linear_model.LogisticRegression(optimizer=optim.FTRLProximal(alpha=1.0), intercept_lr=0),
+        xs,
+        ys,
+    )
+    assert ours == pytest.approx(ref, abs=1e-12)
+    assert {0.0, 1.0} <= set(ours)
+
+
+# -- state -------------------------------------------------------------------------------
+
+
+def test_state_dict_round_trip_gives_identical_next_predictions(stream):
+    xs, ys, _ = stream
+    model = FTRLProximal(alpha=0.1, l1=0.2, n_bits=18)
+    progressive(model, xs[:2000], ys[:2000])
+
+    restored = FTRLProximal(alpha=0.1, l1=0.2, n_bits=18)
+    restored.load_state_dict(model.state_dict())
+
+    assert progressive(restored, xs[2000:], ys[2000:]) == progressive(model, xs[2000:], ys[2000:])
+    assert_same_state(restored.state_dict(), model.state_dict())
+
+
+def test_state_dict_holds_only_numpy_arrays_and_plain_scalars_and_survives_npz(tmp_path, stream):
+    xs, ys, _ = stream
+    model = FTRLProximal(n_bits=12)
+    model.learn_many(xs[:300], ys[:300])
+    state = model.state_dict()
+    for key, value in state.items():
+        assert type(value) in (np.ndarray, int, float, str), (key, type(value))
+
+    # No pickle anywhere: write with savez, read back with allow_pickle=False.
+    np.savez(tmp_path / "ftrl.npz", **state)
+    with np.load(tmp_path / "ftrl.npz", allow_pickle=False) as f:
+        loaded = {k: f[k].item() if f[k].ndim == 0 else f[k] for k in f.files}
+    restored = FTRLProximal.from_state_dict(loaded)
+    assert restored.predict_proba_many(xs[300:400]).tolist() == (
+        model.predict_proba_many(xs[300:400]).tolist()
+    )
+
+
+def test_state_dict_is_a_copy_detached_from_further_learning():
+    model = FTRLProximal(n_bits=8)
+    state = model.state_dict()
+    model.learn_one({"a": 1.0}, 1)
+    assert not state["z"].any() and not state["n"].any() and state["n_learned"] == 0
+
+    restored = FTRLProximal(n_bits=8)
+    restored.load_state_dict(state)
+    restored.learn_one({"a": 1.0}, 1)
+    assert not state["z"].any()  # loading copies, learning does not write into the dict
+
+
+def test_deepcopy_gives_an_independent_learner_with_the_same_predictions(stream):
+    xs, ys, _ = stream
+    model = FTRLProximal(n_bits=12)
+    model.learn_many(xs[:200], ys[:200])
+    clone = copy.deepcopy(model)
+    assert clone.predict_proba_one(xs[200]) == model.predict_proba_one(xs[200])
+    clone.learn_many(xs[200:300], ys[200:300])
+    assert clone.predict_proba_one(xs[200]) != model.predict_proba_one(xs[200])
+
+
+# -- batch and weights -------------------------------------------------------------------
+
+
+def test_learn_many_equals_sequential_learn_one(stream):
+    xs, ys, ws = stream
+    xs, ys, ws = xs[:1000], ys[:1000], ws[:1000]
+    one = FTRLProximal(alpha=0.1, l1=0.1, n_bits=18)
+    for x, y, w in zip(xs, ys, ws, strict=True):
+        one.learn_one(x, y, w)
+    many = FTRLProximal(alpha=0.1, l1=0.1, n_bits=18)
+    start = 0
+    for size in (1, 7, 100, 392, 500):  # uneven batches, as a consumer would poll them
+        many.learn_many(
+            xs[start : start + size], np.array(ys[start : start + size]), ws[start : start + size]
+        )
+        start += size
+    assert start == len(xs)
+    assert_same_state(one.state_dict(), many.state_dict())
+
+
+def test_predict_proba_many_equals_predict_proba_one_and_changes_nothing(stream):
+    xs, ys, _ = stream
+    model = FTRLProximal(n_bits=18)
+    model.learn_many(xs[:500], ys[:500])
+    before = snapshot(model)
+    p = model.predict_proba_many(xs[500:600])
+    assert p.dtype == np.float64 and p.shape == (100,)
+    assert p.tolist() == [model.predict_proba_one(x) for x in xs[500:600]]
+    assert_same_state(before, snapshot(model))
+
+
+def test_sample_weight_scales_the_gradient_and_is_not_the_same_as_repeating():
+    x = {"a": 1.0}
+    i = hash_feature("a", 8)
+    weighted = FTRLProximal(alpha=0.1, n_bits=8)
+    weighted.learn_one(x, 1, w=2.0)
+    # At p = 0.5 the log-loss gradient is -0.5; times w = 2 gives g = -1, so n = g² = 1 and
+    # z = g (the stored weight is still 0).
+    assert weighted.state_dict()["n"][i] == 1.0
+    assert weighted.state_dict()["z"][i] == -1.0
+
+    twice = FTRLProximal(alpha=0.1, n_bits=8)
+    twice.learn_one(x, 1)
+    twice.learn_one(x, 1)
+    # FTRL's rates depend on the sum of squared gradients: weight 2 ≠ two repetitions.
+    assert twice.state_dict()["n"][i] == 0.5
+    assert weighted.predict_proba_one(x) != twice.predict_proba_one(x)
+
+
+def test_zero_sample_weight_leaves_z_and_n_unchanged():
+    model = FTRLProximal(n_bits=8)
+    model.learn_one({"a": 1.0}, 1)
+    before = model.state_dict()
+    model.learn_one({"a": 1.0}, 0, w=0.0)
+    after = model.state_dict()
+    np.testing.assert_array_equal(before["z"], after["z"])
+    np.testing.assert_array_equal(before["n"], after["n"])
+
+
+# -- quality and hashing -----------------------------------------------------------------
+
+
+def test_progressive_auc_on_informative_stream_is_clearly_above_half(stream):
+    xs, ys, _ = stream
+    p = progressive(FTRLProximal(alpha=0.2), xs, ys)
+    # ~0.66 overall and ~0.71 on the second half (standard error ~0.015 at this size).
+    assert auc(ys, p) > 0.62
+    # Later events, when the model has seen each user a few times, rank better still.
+    assert auc(ys[1500:], p[1500:]) > 0.66
+
+
+def test_features_land_in_the_slot_given_by_hash_feature():
+    model = FTRLProximal(n_bits=16)
+    model.learn_one({"user×category=u7|c2": 1.0}, 1)
+    assert np.flatnonzero(model.state_dict()["n"]).tolist() == [
+        hash_feature("user×category=u7|c2", 16)
+    ]
+
+
+def test_feature_indices_are_stable_across_processes():
+    code = (
+        "from features.hashing import hash_feature;"
+        "print(hash_feature('user=u7', 20), hash_feature('user×category=u7|c2', 20))"
+    )
+    for seed in ("0", "12345"):
+        out = subprocess.run(
+            [sys.executable, "-c", code],
+            capture_output=True,
+            text=True,
+            check=True,
+            env={"PYTHONHASHSEED": seed, "PYTHONPATH": "."},
+        )
+        assert out.stdout.split() == ["292093", "74755"]
+
+
+# -- bad input ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("y", [2, -1, 0.5, None, "1", math.nan])
+def test_label_outside_0_1_raises_learner_error_and_changes_nothing(y):
+    model = FTRLProximal(n_bits=8)
+    model.learn_one({"a": 1.0}, 1)
+    before = snapshot(model)
+    with pytest.raises(LearnerError, match="label must be 0 or 1"):
+        model.learn_one({"a": 1.0}, y)
+    assert_same_state(before, snapshot(model))
+
+
+@pytest.mark.parametrize(
+    ("x", "match"),
+    [
+        ({"a": 1.0, "b": math.nan}, "feature 'b' has non-finite value nan"),
+        ({"a": math.inf}, "feature 'a' has non-finite value inf"),
+        ({"a": -math.inf, "b": 1.0}, "non-finite"),
+        ({"a": "1"}, "feature 'a' has non-numeric value '1'"),
+        ({3: 1.0}, "feature names must be str"),
+    ],
+)
+def test_bad_feature_dict_raises_learner_error_in_learn_and_predict(x, match):
+    model = FTRLProximal(n_bits=8)
+    model.learn_one({"a": 1.0, "b": 1.0}, 1)
+    before = snapshot(model)
+    with pytest.raises(LearnerError, match=match):
+        model.learn_one(x, 1)
+    with pytest.raises(LearnerError, match=match):
+        model.predict_proba_one(x)
+    assert_same_state(before, snapshot(model))
+
+
+@pytest.mark.parametrize("w", [-1.0, math.nan, math.inf, "2"])
+def test_bad_sample_weight_raises_learner_error(w):
+    with pytest.raises(LearnerError, match="sample weight"):
+        FTRLProximal(n_bits=8).learn_one({"a": 1.0}, 1, w)
+
+
+def test_learn_many_rejects_a_bad_label_before_learning_anything():
+    model = FTRLProximal(n_bits=8)
+    with pytest.raises(LearnerError, match="sample 2: label must be 0 or 1"):
+        model.learn_many([{"a": 1.0}] * 3, [1, 0, 2])
+    assert model.n_learned == 0 and not model.state_dict()["n"].any()
+    with pytest.raises(LearnerError, match="3 samples but 2 labels"):
+        model.learn_many([{"a": 1.0}] * 3, [1, 0])
+
+
+def test_learn_many_reports_the_position_of_a_bad_feature_dict():
+    model = FTRLProximal(n_bits=8)
+    with pytest.raises(LearnerError, match="sample 1: feature 'a' has non-finite"):
+        model.learn_many([{"a": 1.0}, {"a": math.nan}], [1, 1])
+    assert model.n_learned == 1  # the samples before it were learned, as a loop would
+
+
+@pytest.mark.parametrize(
+    ("params", "match"),
+    [
+        ({"alpha": 0.0}, "alpha must be > 0"),
+        ({"alpha": -0.1}, "alpha must be > 0"),
+        ({"alpha": math.nan}, "alpha must be finite"),
+        ({"alpha": "0.1"}, "alpha must be a real number"),
+        ({"beta": -1.0}, "beta must be >= 0"),
+        ({"l1": -0.1}, "l1 must be >= 0"),
+        ({"l2": -1.0}, "l2 must be >= 0"),
+        ({"l2": math.inf}, "l2 must be finite"),
+        ({"n_bits": 0}, r"n_bits must be in \[1, 30\]"),
+        ({"n_bits": 31}, r"n_bits must be in \[1, 30\]"),
+        ({"n_bits": 2.5}, "n_bits must be an int"),
+        ({"n_bits": True}, "n_bits must be an int"),
+    ],
+)
+def test_bad_hyper_parameters_raise_learner_error(params, match):
+    with pytest.raises(LearnerError, match=match):
+        FTRLProximal(**params)
+
+
+@pytest.mark.parametrize(
+    ("change", "match"),
+    [
+        ({"alpha": 0.2}, "learned with alpha=0.2, this learner has alpha=0.05"),
+        ({"n_bits": 9}, "learned with n_bits=9"),
+        ({"version": 2}, "version 2 is not supported"),
+        ({"format": "streamctr.learners.din"}, "format is 'streamctr.learners.din'"),
+        ({"z": np.zeros(16)}, r"z must be a float array of shape \(256,\)"),
+        ({"n": np.zeros(256, dtype=np.int64)}, "n must be a float array"),
+        ({"w": [0.0] * 256}, "w must be a float array"),
+        ({"w": np.full(256, np.nan)}, "w has non-finite values"),
+        ({"n": np.full(256, -1.0)}, "n has negative values"),
+        ({"n_learned": 1.5}, "n_learned must be an int"),
+    ],
+)
+def test_mismatched_state_dict_raises_learner_error_and_keeps_the_state(change, match):
+    model = FTRLProximal(n_bits=8)
+    model.learn_one({"a": 1.0}, 1)
+    before = snapshot(model)
+    with pytest.raises(LearnerError, match=match):
+        model.load_state_dict({**before, **change})
+    assert_same_state(before, snapshot(model))
+
+
+def test_state_dict_missing_keys_or_not_a_mapping_raises_learner_error():
+    model = FTRLProximal(n_bits=8)
+    state = model.state_dict()
+    del state["z"]
+    with pytest.raises(LearnerError, match="state dict lacks z"):
+        model.load_state_dict(state)
+    with pytest.raises(LearnerError, match="must be a mapping"):
+        model.load_state_dict([1, 2])  # type: ignore[arg-type]
+
+
+# -- registry ----------------------------------------------------------------------------
+
+
+def test_make_learner_builds_registered_learners_and_rejects_unknown_names():
+    assert LEARNERS["ftrl"] is FTRLProximal
+    model = make_learner("ftrl", alpha=0.1, n_bits=10)
+    assert isinstance(model, FTRLProximal) and isinstance(model, Learner)
+    assert (model.alpha, model.n_bits) == (0.1, 10)
+    with pytest.raises(LearnerError, match=r"^unknown learner 'x'; available: ftrl$"):
+        make_learner("x")
