@@ -1,0 +1,258 @@
+"""The ``streamctr`` command line (design.md, "CLI").
+
+Every command takes ``--config FILE`` (TOML: top-level keys and a table named
+after the command) and ``STREAMCTR_<OPTION>`` environment overrides; flags win
+over both. Bad input ends the command with exit status 2 and one line on stderr
+saying why; a failure while running (broker unreachable, …) with status 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import NoReturn
+
+from kafka.errors import KafkaError
+
+from features.joiner import JoinerConfig
+from learners import LEARNERS, LearnerError
+from pipeline.broker import BrokerError
+from pipeline.checkpoint import CheckpointError
+from pipeline.config import ConfigError, Options, parse_bool, parse_duration_ms, parse_names
+from replay.inputs import ReplayInputError
+
+__all__ = ["main"]
+
+log = logging.getLogger("streamctr")
+
+# Errors that mean "the input or configuration is wrong": one line, exit status 2.
+_BAD_INPUT = (ConfigError, ReplayInputError, LearnerError, CheckpointError, ValueError)
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        # argparse prints the whole usage; a one-line reason (plus where to look) is enough.
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _learner_names(text: str | list[str]) -> tuple[str, ...]:
+    names = parse_names(text)
+    unknown = [n for n in names if n not in LEARNERS]
+    if unknown:
+        raise ValueError(f"unknown learner(s) {', '.join(unknown)}; available: "
+                         f"{', '.join(LEARNERS)}")
+    return names
+
+
+def _positive_int(text: str | int) -> int:
+    value = int(text)
+    if value < 1:
+        raise ValueError(f"must be >= 1, got {value}")
+    return value
+
+
+def _port(text: str | int) -> int:
+    value = int(text)
+    if not 0 <= value <= 65535:
+        raise ValueError(f"not a TCP port: {value}")
+    return value
+
+
+def _add_topic_options(opts: Options, parser: argparse.ArgumentParser) -> None:
+    for topic in ("impressions", "clicks", "samples", "dlq"):
+        opts.add(parser, f"--{topic}-topic", default=topic, help=f"name of the {topic} topic")
+
+
+def _topics(args: argparse.Namespace):  # -> Topics (import deferred: kafka-heavy modules)
+    from pipeline.service import Topics
+
+    return Topics(args.impressions_topic, args.clicks_topic, args.samples_topic, args.dlq_topic)
+
+
+# --- commands ------------------------------------------------------------------------------
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from replay.synthetic import generate, write_stream
+
+    with Console(stderr=True).status(f"generating {args.events:,} events"):
+        stream = generate(args.events, seed=args.seed)
+        write_stream(stream, args.out)
+    print(f"wrote {stream.impressions.height:,} impressions and {stream.clicks.height:,} clicks "
+          f"to {args.out}")
+    return 0
+
+
+def cmd_broker(args: argparse.Namespace) -> int:
+    from pipeline.broker import run_foreground
+
+    return run_foreground(host=args.host, port=args.port)
+
+
+def cmd_produce(args: argparse.Namespace) -> int:
+    from pipeline.produce import produce_folder
+
+    summary = produce_folder(args.dir, args.bootstrap, topics=_topics(args), rate=args.rate)
+    print(f"produced {summary.impressions:,} impressions and {summary.clicks:,} clicks in "
+          f"{summary.seconds:.1f} s ({summary.skipped_invalid:,} invalid rows skipped)")
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from pipeline.service import Service, ServiceConfig
+    from replay.progress import progress
+
+    config = ServiceConfig(
+        bootstrap=args.bootstrap,
+        learners=args.learners,
+        checkpoint_dir=args.checkpoint_dir,
+        metrics_port=args.metrics_port,
+        max_events=args.max_events,
+        group_id=args.group_id,
+        topics=_topics(args),
+        joiner=JoinerConfig(window_ms=args.window),
+        publish_samples=args.publish_samples,
+    )
+    with progress("serve", args.max_events, enabled=sys.stderr.isatty()) as ticker:
+        service = Service(config, on_progress=ticker.tick)
+        _stop_on_signals(service.request_stop)
+        log.info("serving %s from %s; metrics on :%s", ",".join(args.learners), args.bootstrap,
+                 args.metrics_port)
+        summary = service.run()
+    print(f"stopped ({summary.stopped_by}) after {sum(summary.consumed.values()):,} records; "
+          f"samples {summary.join['samples_positive']:,} positive / "
+          f"{summary.join['samples_negative']:,} negative; "
+          f"rejected {sum(summary.rejected.values()):,}")
+    return 0
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from replay.report import learner_table
+    from replay.run import run_replay
+
+    result = run_replay(args.dir, args.learners, args.report,
+                        joiner_config=JoinerConfig(window_ms=args.window))
+    Console().print(learner_table(result.learners, "progressive validation (replay)"))
+    print(f"report: {args.report}/report.md")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from pipeline.demo import run_demo
+
+    return run_demo(out=args.out, events=args.events, seed=args.seed, learners=args.learners,
+                    window_ms=args.window)
+
+
+# --- wiring ------------------------------------------------------------------------------------
+
+
+def _build() -> tuple[argparse.ArgumentParser, dict[str, Options]]:
+    parser = _Parser(prog="streamctr", description="Streaming online learning for CTR prediction.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND",
+                                parser_class=_Parser)
+    all_options: dict[str, Options] = {}
+
+    def command(name: str, help: str, run: Callable[[argparse.Namespace], int]):
+        p = sub.add_parser(name, help=help, description=help)
+        p.add_argument("--config", metavar="FILE", help="TOML file of option values")
+        p.set_defaults(run=run)
+        opts = all_options[name] = Options(name)
+        return p, opts
+
+    learners_help = f"comma-separated learners, of: {', '.join(LEARNERS)}"
+    all_learners = ",".join(LEARNERS)
+
+    p, o = command("demo", "embedded broker → synthetic stream → service → comparison table",
+                   cmd_demo)
+    o.add(p, "--events", type=_positive_int, default=200_000, help="events to generate")
+    o.add(p, "--out", type=Path, default=Path("demo-report"), help="report folder")
+    o.add(p, "--seed", type=int, default=0, help="generator seed")
+    o.add(p, "--learners", type=_learner_names, default=_learner_names(all_learners),
+          help=learners_help)
+    o.add(p, "--window", type=parse_duration_ms, default=15 * 60_000,
+          help="attribution window (e.g. 15m) in ms")
+
+    p, o = command("broker", "run the embedded Kafka-protocol broker in the foreground",
+                   cmd_broker)
+    o.add(p, "--host", default="127.0.0.1", help="address to listen on")
+    o.add(p, "--port", type=_port, default=0, help="port (0: a free one)")
+
+    p, o = command("generate", "synthetic stream with known ground truth", cmd_generate)
+    o.add(p, "--events", type=_positive_int, help="number of events (impressions + clicks)")
+    o.add(p, "--out", type=Path, help="output folder")
+    o.add(p, "--seed", type=int, default=0, help="random seed")
+
+    p, o = command("produce", "publish a replay folder to the topics in event-time order",
+                   cmd_produce)
+    o.add(p, "dir", type=Path, positional=True, help="replay input folder", metavar="DIR")
+    o.add(p, "--bootstrap", help="Kafka bootstrap HOST:PORT")
+    o.add(p, "--rate", type=float, default=None, help="pace to this many events/s")
+    _add_topic_options(o, p)
+
+    p, o = command("serve", "the long-running consumer service", cmd_serve)
+    o.add(p, "--bootstrap", help="Kafka bootstrap HOST:PORT")
+    o.add(p, "--learners", type=_learner_names, default=("ftrl",), help=learners_help)
+    o.add(p, "--checkpoint-dir", type=Path, default=None, help="learner checkpoints folder")
+    o.add(p, "--metrics-port", type=_port, default=9100, help="Prometheus /metrics port")
+    o.add(p, "--max-events", type=_positive_int, default=None,
+          help="stop after this many records, closing every window")
+    o.add(p, "--window", type=parse_duration_ms, default=15 * 60_000,
+          help="attribution window (e.g. 15m)")
+    o.add(p, "--group-id", default="streamctr", help="Kafka consumer group")
+    o.add(p, "--publish-samples", type=parse_bool, default=False,
+          help="publish labelled samples to the samples topic")
+    _add_topic_options(o, p)
+
+    p, o = command("replay", "leak-free offline replay of a folder", cmd_replay)
+    o.add(p, "dir", type=Path, positional=True, help="replay input folder", metavar="DIR")
+    o.add(p, "--learners", type=_learner_names, default=("ftrl",), help=learners_help)
+    o.add(p, "--report", type=Path, help="report folder")
+    o.add(p, "--window", type=parse_duration_ms, default=15 * 60_000,
+          help="attribution window (e.g. 15m)")
+    return parser, all_options
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser, options = _build()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    if not args.verbose:
+        logging.getLogger("kafka").setLevel(logging.ERROR)
+    try:
+        options[args.command].resolve(args)
+        return args.run(args)
+    except _BAD_INPUT as exc:
+        print(f"streamctr {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except (KafkaError, BrokerError) as exc:
+        print(f"streamctr {args.command}: error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"streamctr {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+def _stop_on_signals(stop: Callable[[str], None]) -> None:
+    def handler(signum: int, _frame: object) -> None:
+        stop(signal.Signals(signum).name)
+
+    signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGINT, handler)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

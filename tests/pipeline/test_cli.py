@@ -1,0 +1,75 @@
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from pipeline.cli import main
+
+COMMANDS = ["demo", "broker", "generate", "produce", "serve", "replay"]
+
+
+def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "pipeline.cli", *args], capture_output=True,
+                          text=True, timeout=120, env={**os.environ, **(env or {})})
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_every_command_has_help(command, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main([command, "--help"])
+    assert exc.value.code == 0
+    out = capsys.readouterr().out
+    assert "--config" in out
+
+
+def one_line_error(capsys) -> str:
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err, err
+    return err
+
+
+def test_generate_without_required_options_fails_with_one_line(capsys):
+    assert main(["generate", "--out", "x"]) == 2
+    assert "--events is required" in one_line_error(capsys)
+
+
+def test_unknown_learner_is_a_one_line_error(capsys, tmp_path):
+    assert main(["replay", str(tmp_path), "--learners", "ftrl,xgb", "--report", str(tmp_path)]) == 2
+    assert "--learners (from the command line): unknown learner(s) xgb" in one_line_error(capsys)
+
+
+def test_replay_of_a_folder_without_inputs_is_a_one_line_error(capsys, tmp_path):
+    assert main(["replay", str(tmp_path), "--report", str(tmp_path / "r")]) == 2
+    assert "impressions.parquet is missing" in one_line_error(capsys)
+
+
+def test_bad_window_from_environment_names_the_variable(capsys, tmp_path, monkeypatch):
+    monkeypatch.setenv("STREAMCTR_WINDOW", "forever")
+    assert main(["replay", str(tmp_path), "--report", str(tmp_path / "r")]) == 2
+    assert "STREAMCTR_WINDOW" in one_line_error(capsys)
+
+
+def test_generate_then_replay_writes_a_report_with_the_design_schema(tmp_path):
+    data, report = tmp_path / "data", tmp_path / "report"
+    (tmp_path / "run.toml").write_text(f'[replay]\nreport = "{report}"\nwindow = "10m"\n')
+    generated = run_cli("generate", "--events", "20000", "--out", str(data), "--seed", "5")
+    assert generated.returncode == 0, generated.stderr
+    done = run_cli("replay", str(data), "--config", str(tmp_path / "run.toml"),
+                   env={"STREAMCTR_LEARNERS": "ftrl"})
+    assert done.returncode == 0, done.stderr
+    doc = json.loads((report / "report.json").read_text())
+    assert set(doc["learners"]) == {"ftrl"}
+    assert set(doc["learners"]["ftrl"]) == {"auc", "gauc", "logloss", "ne", "calibration",
+                                            "ndcg@10", "samples", "throughput_eps"}
+    assert doc["learners"]["ftrl"]["auc"] > 0.55
+    assert doc["details"]["window_ms"] == 600_000
+    events = doc["events"]
+    assert events["impressions"] == events["impressions_read"]
+    assert events["samples_positive"] + events["samples_negative"] == \
+        events["impressions"] - events["duplicate_impressions"]
+    assert (report / "report.md").read_text().startswith("# Replay of data")
+    assert (report / "rejected.parquet").is_file()
