@@ -73,3 +73,16 @@ def test_generate_then_replay_writes_a_report_with_the_design_schema(tmp_path):
         events["impressions"] - events["duplicate_impressions"]
     assert (report / "report.md").read_text().startswith("# Replay of data")
     assert (report / "rejected.parquet").is_file()
+
+
+@pytest.mark.integration
+def test_demo_runs_end_to_end_and_service_agrees_with_replay(tmp_path):
+    done = run_cli("demo", "--events", "20000", "--out", str(tmp_path / "demo"),
+                   "--window", "2m")
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "identical to the service's" in done.stdout
+    doc = json.loads((tmp_path / "demo" / "report.json").read_text())
+    assert set(doc["learners"]) == {"ftrl", "truth (oracle)"}
+    assert doc["learners"]["ftrl"]["auc"] > 0.55
+    assert doc["details"]["replay_agrees_with_service"] is True
+    assert (tmp_path / "demo" / "replay" / "report.json").is_file()
