@@ -139,7 +139,8 @@ def cmd_replay(args: argparse.Namespace) -> int:
     from replay.run import run_replay
 
     result = run_replay(args.dir, args.learners, args.report,
-                        joiner_config=JoinerConfig(window_ms=args.window))
+                        joiner_config=JoinerConfig(window_ms=args.window),
+                        warmup_ms=args.warmup)
     Console().print(learner_table(result.learners, "progressive validation (replay)"))
     print(f"report: {args.report}/report.md")
     return 0
@@ -219,6 +220,9 @@ def _build() -> tuple[argparse.ArgumentParser, dict[str, Options]]:
     o.add(p, "--report", type=Path, help="report folder")
     o.add(p, "--window", type=parse_duration_ms, default=15 * 60_000,
           help="attribution window (e.g. 15m)")
+    o.add(p, "--warmup", type=parse_duration_ms, default=None,
+          help="leave impressions of the stream's first DURATION out of the metrics "
+               "(default: one window; 0 keeps all)")
     return parser, all_options
 
 

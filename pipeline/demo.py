@@ -25,6 +25,7 @@ from pipeline.service import Service, ServiceConfig, Topics
 from replay.progress import progress
 from replay.report import (
     OutcomeRecorder,
+    after_warmup,
     learner_metrics,
     learner_table,
     score_metrics,
@@ -78,11 +79,15 @@ def run_demo(
                   f"in {summary.wall_seconds:.1f} s; now replaying the folder offline")
 
     outcomes = recorder.to_frame()
+    scored = after_warmup(outcomes, window_ms)
     served = {
-        name: learner_metrics(outcomes, name, summary.learner_seconds[name]) for name in learners
+        name: learner_metrics(scored, name, samples_seen=outcomes.height,
+                              seconds=summary.learner_seconds[name])
+        for name in learners
     }
-    served[TRUTH] = _oracle_metrics(outcomes, data)
-    replayed = run_replay(data, learners, out / "replay", joiner_config=config.joiner)
+    served[TRUTH] = _oracle_metrics(scored, data)
+    replayed = run_replay(data, learners, out / "replay", joiner_config=config.joiner,
+                          warmup_ms=window_ms)
     agree = all(
         math.isclose(served[n]["auc"], replayed.learners[n]["auc"], rel_tol=0, abs_tol=1e-12)
         and served[n]["samples"] == replayed.learners[n]["samples"]
@@ -92,6 +97,7 @@ def run_demo(
         "records_consumed": sum(summary.consumed.values()),
         "records_rejected": sum(summary.rejected.values()),
         **summary.join,
+        "warmup_samples": outcomes.height - scored.height,
     }
     write_report(
         out,
@@ -102,6 +108,7 @@ def run_demo(
             "events_generated": events,
             "seed": seed,
             "window_ms": window_ms,
+            "warmup_ms": window_ms,
             "service_wall_seconds": round(summary.wall_seconds, 2),
             "replay_agrees_with_service": agree,
         },

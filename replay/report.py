@@ -12,6 +12,11 @@ metrics are out-of-sample without a held-out split.
 
 ``throughput_eps`` is impressions scored per second of the learner's own time
 (prediction plus learning), so it does not depend on input parsing or Kafka.
+
+Metrics skip a warm-up (by default the first attribution window): no label can be
+final before the first window closes, so every learner scores those impressions
+with its untrained initial model. Counting them measures the initial weights, not
+the learner; the report says how many samples the warm-up held out.
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ from replay.engine import Outcome
 
 __all__ = [
     "OutcomeRecorder",
+    "after_warmup",
     "learner_metrics",
     "learner_table",
     "score_metrics",
@@ -83,6 +89,14 @@ class OutcomeRecorder:
         )
 
 
+def after_warmup(outcomes: pl.DataFrame, warmup_ms: int) -> pl.DataFrame:
+    """Outcomes of impressions at least ``warmup_ms`` after the first impression."""
+    if warmup_ms <= 0 or outcomes.is_empty():
+        return outcomes
+    start = outcomes["impression_ts"].min()
+    return outcomes.filter(pl.col("impression_ts") >= start + warmup_ms)
+
+
 def score_metrics(outcomes: pl.DataFrame, score_column: str) -> dict[str, float]:
     """Report metrics of one score column over the recorded outcomes (NaN where undefined)."""
     y = outcomes["label"].to_numpy()
@@ -107,10 +121,16 @@ def score_metrics(outcomes: pl.DataFrame, score_column: str) -> dict[str, float]
     return out
 
 
-def learner_metrics(outcomes: pl.DataFrame, learner: str, seconds: float) -> dict[str, float]:
-    """:func:`score_metrics` of a learner's scores plus its throughput."""
+def learner_metrics(
+    outcomes: pl.DataFrame, learner: str, *, samples_seen: int, seconds: float
+) -> dict[str, float]:
+    """:func:`score_metrics` of a learner's scores plus its throughput.
+
+    Throughput counts every sample the learner scored and learned (``samples_seen``,
+    warm-up included) over the seconds spent inside it.
+    """
     out = score_metrics(outcomes, f"score_{learner}")
-    out["throughput_eps"] = out["samples"] / seconds if seconds > 0 else math.nan
+    out["throughput_eps"] = samples_seen / seconds if seconds > 0 else math.nan
     return out
 
 
@@ -186,8 +206,8 @@ def _markdown(
         "the entropy of the observed CTR (below 1 beats predicting the base rate). Calibration",
         "is mean predicted CTR over observed CTR. NDCG@10 is per request, requests without a",
         "click skipped. throughput_eps is impressions per second of the learner's own time.",
-        "Every impression counts, the first window's too: nothing can be learned before the",
-        "first window closes, so early scores are a cold model's.",
+        "Impressions of the warm-up (see Run) are not scored: no label is final before the",
+        "first window closes, so every learner meets them with its untrained initial model.",
         "",
         "## Events",
         "",

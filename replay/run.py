@@ -21,7 +21,7 @@ from learners import Learner, make_learner
 from replay.engine import OnlineEngine
 from replay.inputs import REJECTED_SCHEMA, ReplayInput, iter_events, read_replay_input
 from replay.progress import progress
-from replay.report import OutcomeRecorder, learner_metrics, write_report
+from replay.report import OutcomeRecorder, after_warmup, learner_metrics, write_report
 
 __all__ = ["ReplayResult", "run_replay"]
 
@@ -42,10 +42,15 @@ def run_replay(
     *,
     joiner_config: JoinerConfig | None = None,
     learner_params: Mapping[str, Mapping[str, Any]] | None = None,
+    warmup_ms: int | None = None,
     show_progress: bool = True,
 ) -> ReplayResult:
-    """Replay ``folder`` through the named learners; write the report when ``report_dir`` is set."""
+    """Replay ``folder`` through the named learners; write the report when ``report_dir`` is set.
+
+    Metrics leave out impressions of the first ``warmup_ms`` (default: one window).
+    """
     config = joiner_config or JoinerConfig()
+    warmup = config.window_ms if warmup_ms is None else warmup_ms
     params = learner_params or {}
     learners: dict[str, Learner] = {
         name: make_learner(name, **params.get(name, {})) for name in learner_names
@@ -67,15 +72,19 @@ def run_replay(
     wall = time.perf_counter() - started
 
     outcomes = recorder.to_frame()
+    scored = after_warmup(outcomes, warmup)
     rejected = _rejected_with_orphans(inp, orphans)
     events = {
         "impressions_read": inp.impressions.height,
         "clicks_read": inp.clicks.height,
         "rejected": rejected.height,
         **engine.joiner.stats.as_dict(),
+        "warmup_samples": outcomes.height - scored.height,
     }
     per_learner = {
-        name: learner_metrics(outcomes, name, engine.learner_seconds[name]) for name in learners
+        name: learner_metrics(scored, name, samples_seen=outcomes.height,
+                              seconds=engine.learner_seconds[name])
+        for name in learners
     }
     if report_dir is not None:
         out = Path(report_dir)
@@ -88,6 +97,7 @@ def run_replay(
                 "input": str(folder),
                 "window_ms": config.window_ms,
                 "allowed_lateness_ms": config.allowed_lateness_ms,
+                "warmup_ms": warmup,
                 "wall_seconds": round(wall, 3),
                 "events_per_second": round(inp.n_events / wall) if wall > 0 else None,
             },

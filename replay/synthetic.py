@@ -25,16 +25,20 @@ All symbols are fields of :class:`SyntheticConfig`; ``C`` = ``n_categories``.
   moment for every user. Items of ``d_u(t)`` get ``+drift_strength`` on the logit.
 * **Requests.** Request times form a Poisson process (exponential gaps with mean
   ``mean_gap_ms``, ms resolution, non-decreasing). Each request picks a user by
-  activity and a device (the user's primary one with probability
-  ``device_loyalty``, else one drawn with ``device_weights``); ``hour`` is the UTC
-  hour of ``ts``, ``"00"``..``"23"``. The request shows ``list_length`` distinct
+  activity, a device (the user's primary one with probability ``device_loyalty``,
+  else one drawn with ``device_weights``) and a page (drawn with ``page_weights``);
+  both are the request's ``context``. The request shows ``list_length`` distinct
   items: each slot is, with probability ``popular_mix``, a popular item (drawn by
   popularity from all items), with probability ``drift_mix`` an item of the
   boosted category ``d_u(t)``, else an item of a category drawn from ``theta_u``
   (items inside a category drawn by popularity).
 * **Click model.** The relevance logit of a slot is
   ``l = a_{u,c(i)} + drift_strength * [c(i) = d_u(t)] + q_i
-  + device_effects[device] + hour_effect * cos(2 pi (hour - peak_hour) / 24) + base_logit``.
+  + device_effects[device] + page_effects[page]
+  + hour_effect * cos(2 pi (hour - peak_hour) / 24) + base_logit``, where ``hour`` is
+  the UTC hour of ``ts``. The diurnal term is deliberately not in the context: it is
+  an unobserved non-stationarity (an hour-of-day feature would also take a new value
+  every hour of a stream shorter than a day, and be cold each time).
   A noisy ranker orders the slots of a request by ``ranker_skill * l + Normal(0, 1)``
   (descending) into positions ``0..list_length-1``, and the true click probability
   is ``p = (1 + position) ** -position_decay * sigmoid(l)``; the click is
@@ -63,7 +67,7 @@ True
 >>> stream.truth.height == stream.impressions["impression_id"].n_unique()
 True
 >>> stream.impressions["context"][0]
-{'device': 'ios', 'hour': '00'}
+{'device': 'ios', 'page': 'detail'}
 """
 
 from __future__ import annotations
@@ -124,6 +128,9 @@ class SyntheticConfig:
     device_weights: tuple[float, ...] = (0.45, 0.40, 0.15)
     device_effects: tuple[float, ...] = (0.1, -0.1, 0.0)
     device_loyalty: float = 0.9
+    pages: tuple[str, ...] = ("feed", "search", "detail")
+    page_weights: tuple[float, ...] = (0.6, 0.25, 0.15)
+    page_effects: tuple[float, ...] = (0.0, 0.4, -0.3)
     hour_effect: float = 0.2
     peak_hour: int = 20
     # Delivery faults.
@@ -174,18 +181,26 @@ class SyntheticConfig:
             raise ValueError(f"peak_hour must be in 0..23, got {self.peak_hour!r}")
         if self.max_delivery_lag_ms <= 1_000:
             raise ValueError(f"max_delivery_lag_ms must be > 1000, got {self.max_delivery_lag_ms}")
-        n_dev = len(self.devices)
-        if n_dev == 0 or not all(isinstance(d, str) and d for d in self.devices):
-            raise ValueError("devices must be a non-empty tuple of non-empty strings")
-        if len(set(self.devices)) != n_dev:
-            raise ValueError("devices must be distinct")
-        if len(self.device_weights) != n_dev or len(self.device_effects) != n_dev:
-            raise ValueError("device_weights and device_effects need one value per device")
-        weights = np.asarray(self.device_weights, dtype=float)
-        if not np.all(np.isfinite(weights)) or np.any(weights < 0) or weights.sum() <= 0:
-            raise ValueError("device_weights must be finite, >= 0 and not all 0")
-        if not np.all(np.isfinite(np.asarray(self.device_effects, dtype=float))):
-            raise ValueError("device_effects must be finite")
+        _check_categorical("device", self.devices, self.device_weights, self.device_effects)
+        _check_categorical("page", self.pages, self.page_weights, self.page_effects)
+
+
+def _check_categorical(
+    field: str, values: tuple[str, ...], weights: tuple[float, ...], effects: tuple[float, ...]
+) -> None:
+    """A context field's values, their draw weights and logit effects must line up."""
+    n = len(values)
+    if n == 0 or not all(isinstance(v, str) and v for v in values):
+        raise ValueError(f"{field}s must be a non-empty tuple of non-empty strings")
+    if len(set(values)) != n:
+        raise ValueError(f"{field}s must be distinct")
+    if len(weights) != n or len(effects) != n:
+        raise ValueError(f"{field}_weights and {field}_effects need one value per {field}")
+    w = np.asarray(weights, dtype=float)
+    if not np.all(np.isfinite(w)) or np.any(w < 0) or w.sum() <= 0:
+        raise ValueError(f"{field}_weights must be finite, >= 0 and not all 0")
+    if not np.all(np.isfinite(np.asarray(effects, dtype=float))):
+        raise ValueError(f"{field}_effects must be finite")
 
 
 @dataclass(frozen=True)
@@ -362,6 +377,8 @@ def generate(n_events: int, seed: int = 0, config: SyntheticConfig | None = None
     dev_w = np.asarray(cfg.device_weights, dtype=float)
     device_req = np.where(rng_req.random(n_req) < cfg.device_loyalty, world.user_device[user_req],
                           rng_req.choice(dev_w.size, n_req, p=dev_w / dev_w.sum()))
+    page_w = np.asarray(cfg.page_weights, dtype=float)
+    page_req = rng_req.choice(page_w.size, n_req, p=page_w / page_w.sum())
     hour_req = (ts_req // HOUR_MS) % 24
     epoch = (ts_req - cfg.start_ms + world.drift_phase[user_req]) // cfg.drift_period_ms
     drift_req = (world.drift_offset[user_req] + world.drift_step[user_req] * epoch) % n_cat
@@ -383,7 +400,8 @@ def generate(n_events: int, seed: int = 0, config: SyntheticConfig | None = None
     # True relevance logit of each slot, then the noisy ranker orders each list.
     cat = world.item_cat[items]  # (R, L)
     hour_term = cfg.hour_effect * np.cos(2 * np.pi * (hour_req - cfg.peak_hour) / 24)
-    context_term = np.asarray(cfg.device_effects, dtype=float)[device_req] + hour_term
+    context_term = (np.asarray(cfg.device_effects, dtype=float)[device_req]
+                    + np.asarray(cfg.page_effects, dtype=float)[page_req] + hour_term)
     logit = (world.user_affinity[user_req[:, None], cat]
              + cfg.drift_strength * (cat == drift_req[:, None])
              + world.item_quality[items]
@@ -430,8 +448,8 @@ def generate(n_events: int, seed: int = 0, config: SyntheticConfig | None = None
         "context": pl.DataFrame({
             "device": pl.Series(cfg.devices, dtype=pl.String).gather(
                 np.repeat(device_req[:keep_req], length)),
-            "hour": pl.Series([f"{h:02d}" for h in range(24)], dtype=pl.String).gather(
-                np.repeat(hour_req[:keep_req], length)),
+            "page": pl.Series(cfg.pages, dtype=pl.String).gather(
+                np.repeat(page_req[:keep_req], length)),
         }).to_struct("context"),
     })
     rows = np.concatenate([np.arange(n), np.flatnonzero(dup_imp)])

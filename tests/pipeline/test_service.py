@@ -20,7 +20,7 @@ from features.joiner import JoinerConfig
 from pipeline.checkpoint import has_checkpoint
 from pipeline.produce import produce_folder
 from pipeline.service import Service, ServiceConfig, Topics
-from replay.report import OutcomeRecorder, learner_metrics
+from replay.report import OutcomeRecorder, after_warmup, learner_metrics
 from replay.run import run_replay
 from replay.synthetic import generate, write_stream
 
@@ -131,7 +131,9 @@ def test_service_with_max_events_measures_exactly_what_replay_measures(
     )
     summary = service.run()
     replayed = run_replay(stream_dir, ["ftrl"], None, joiner_config=JOIN, show_progress=False)
-    served = learner_metrics(recorder.to_frame(), "ftrl", 1.0)
+    outcomes = recorder.to_frame()
+    served = learner_metrics(after_warmup(outcomes, JOIN.window_ms), "ftrl",
+                             samples_seen=outcomes.height, seconds=1.0)
     assert summary.stopped_by == "max-events"
     assert summary.join == {k: replayed.events[k] for k in summary.join}
     for key in ("auc", "logloss", "gauc", "calibration", "samples"):

@@ -18,7 +18,7 @@ IMPRESSION_SCHEMA = {
     "category_id": pl.String,
     "position": pl.Int64,
     "ts": pl.Int64,
-    "context": pl.Struct({"device": pl.String, "hour": pl.String}),
+    "context": pl.Struct({"device": pl.String, "page": pl.String}),
 }
 CLICK_SCHEMA = {"impression_id": pl.String, "user_id": pl.String, "ts": pl.Int64}
 TRUTH_SCHEMA = {"impression_id": pl.String, "p_click": pl.Float64, "clicked": pl.Boolean}
@@ -115,6 +115,13 @@ def test_position_bias_is_visible(labelled):
     assert by_pos[0] > by_pos[4] > by_pos[9]
 
 
+def test_page_effects_are_visible(labelled):
+    by_page = labelled.group_by(pl.col("context").struct.field("page")).agg(
+        pl.col("p_click").mean())
+    ctr = dict(by_page.iter_rows())
+    assert ctr["search"] > ctr["feed"] > ctr["detail"]
+
+
 def test_true_probability_is_predictive(stream):
     y = stream.truth["clicked"].to_numpy()
     p = stream.truth["p_click"].to_numpy()
@@ -200,6 +207,8 @@ def test_bad_event_count_raises(n_events):
         ("position_decay", -0.1),
         ("device_weights", (1.0, 1.0)),
         ("devices", ()),
+        ("page_weights", (1.0,)),
+        ("page_effects", (0.0, float("inf"), 0.0)),
         ("n_categories", 2.5),
         ("peak_hour", 24),
     ],
