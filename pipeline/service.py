@@ -96,6 +96,7 @@ class ServiceSummary:
     join: dict[str, int]
     stopped_by: str
     wall_seconds: float
+    seconds_to_first_record: float | None  # group join and first fetch
     learner_seconds: dict[str, float]
 
 
@@ -136,6 +137,7 @@ class Service:
         self._processed: dict[TopicPartition, int] = {}  # next offset to commit
         self._last_ts: dict[TopicPartition, int] = {}  # event time of the last decoded record
         self._newest_ts: int | None = None
+        self._first_record_at: float | None = None
         self._consumer: KafkaConsumer | None = None
         self._producer: KafkaProducer | None = None
 
@@ -177,6 +179,8 @@ class Service:
             join=self.engine.joiner.stats.as_dict(),
             stopped_by=self._stopped_by,
             wall_seconds=time.monotonic() - started,
+            seconds_to_first_record=(None if self._first_record_at is None
+                                     else self._first_record_at - started),
             learner_seconds=dict(self.engine.learner_seconds),
         )
 
@@ -191,6 +195,8 @@ class Service:
         while not self._stop.is_set():
             batch_limit = 5_000 if remaining is None else min(5_000, remaining)
             polled = consumer.poll(timeout_ms=cfg.poll_timeout_ms, max_records=batch_limit)
+            if polled and self._first_record_at is None:
+                self._first_record_at = time.monotonic()
             for tp, messages in polled.items():
                 merger.add(tp, self._rank(tp), self._decode(tp, messages))
                 if remaining is not None:
