@@ -144,7 +144,7 @@ class EmbeddedBroker:
                 self._cleanup()
                 return reason
             if self._answers():
-                log.info("embedded broker %s (pid %d)", self.bootstrap, self._proc.pid)
+                log.debug("embedded broker %s (pid %d)", self.bootstrap, self._proc.pid)
                 return ""
             time.sleep(0.1)
         reason = f"no Kafka answer within {self.start_timeout_s:.0f} s: {self._log_tail()}"
