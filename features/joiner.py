@@ -1,86 +1,140 @@
-"""Event-time join of clicks to impressions: the one joiner of replay and service.
+"""Event-time join of clicks to impressions, with behaviour sequences and counting features.
 
-An impression opens an attribution window ``[ts, ts + window_ms]``; a click on it
-inside the window makes it a positive. When the watermark (the newest event time
-seen minus ``allowed_lateness_ms``) passes the window's end, the sample is emitted
-with its final label, positive or negative. Emitting both labels at the window end
-delays every sample by the same ``window_ms``: emitting positives at click time
-instead would show a learner the clicks of the last window before its non-clicks,
-and bias it upwards wherever features are new (the delayed-feedback problem).
+The one joiner of replay and service. An impression opens an attribution window
+``[ts, ts + window_ms]``; a click on it inside the window makes it a positive. When
+the watermark (newest event time seen minus ``allowed_lateness_ms``) passes the
+window's end, the sample's label is final and it is released (``FINAL``).
 
-Everything that does not join is counted, never dropped silently:
+Delayed-feedback modes (``JoinerConfig.mode``):
 
-* a second click on the same impression is a *duplicate click*;
-* a repeated impression id is a *duplicate impression* (the first one wins);
-* a click after its impression's window end is a *late click*;
-* a click whose impression is not known yet is *held* (it may have overtaken its
-  impression between two topics) until its impression arrives or the watermark
-  passes ``click.ts + window_ms``; then it is an *orphan click*.
+* ``wait`` — learners train on ``FINAL`` releases: correct labels, every sample
+  delayed by the window. Positives are not released at click time: a learner would
+  then see a window of clicks before their non-clicks and be biased upwards.
+* ``fnw`` — fake negative weighting (Ktena et al., RecSys 2019): a negative is
+  released at impression time (``FNW_NEGATIVE``) and a positive again when the
+  click joins (``FNW_POSITIVE``); learners weight them (:func:`fnw_weight`) so the
+  optimum is still the true click probability. ``FINAL`` releases still come at
+  window end and are what evaluation uses.
 
-Closed windows are remembered for ``closed_retention_ms`` more, so a late or
-duplicate click can be told apart from an orphan.
+Everything that does not join is counted, never dropped silently: duplicate
+impressions (the first wins) and duplicate clicks; *late* clicks (after the
+window, while the impression is remembered — ``closed_retention_ms`` past its
+window); clicks whose impression has not arrived are *held* until it does or the
+watermark passes ``click.ts + window_ms``, then they are *orphans*, handed back to
+the caller for its dead-letter queue.
+
+Features of an impression, computed at its event time from behaviour strictly
+before it: the user's ``recent_length`` most recent clicks (item, category, age),
+the ``lifelong_top_k`` most recent clicks in the impression's category (a SIM hard
+search over a store capped per user and by a TTL), and decayed impression/click
+counts of the user, the item and the user × category pair
+(:mod:`features.counting`). A click is behaviour at its own event time, whether it
+joined in time or late.
 
 >>> from features.events import Click, Impression
->>> j = Joiner(JoinerConfig(window_ms=1000))
->>> j.add_impression(Impression("i1", "r1", "u1", "it1", "c1", 0, ts=0))
-[]
->>> j.add_click(Click("i1", "u1", ts=900))
-[]
->>> j.add_impression(Impression("i2", "r1", "u1", "it2", "c1", 1, ts=500))
-[]
->>> [(s.impression.impression_id, s.label, s.click_ts) for s in j.advance(1001)]
-[('i1', 1, 900)]
->>> [(s.impression.impression_id, s.label, s.final_ts) for s in j.flush()]
-[('i2', 0, 1500)]
+>>> j = Joiner(JoinerConfig(window_ms=1_000))
+>>> j.push([Impression("i1", "r1", "u1", "it1", "c1", 0, ts=0),
+...         Click("i1", "u1", ts=900),
+...         Impression("i2", "r2", "u1", "it2", "c1", 0, ts=1_500)]).releases
+[Release(FINAL i1 label=1 at 1000, event 2)]
+>>> j.features(j.push([Impression("i3", "r3", "u1", "it3", "c1", 0, ts=1_600)]).rows[0]).recent
+[('it1', 'c1', 0.7)]
+>>> [(r.impression.impression_id, r.label) for r in j.flush().releases]
+[('i2', 0), ('i3', 0)]
 >>> j.stats.clicks_joined, j.stats.samples_positive, j.stats.samples_negative
-(1, 1, 1)
+(1, 1, 2)
 """
 
 from __future__ import annotations
 
-import heapq
-from dataclasses import asdict, dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal, NamedTuple
 
+import numpy as np
+
+from features import joinkernel as k
+from features.compiled import (
+    empty_heap,
+    new_dict,
+)
+from features.counting import Counters, counter_names
 from features.events import Click, Impression
+from features.ids import Interner, impression_key
+from features.store import BehaviourStore
 
-__all__ = ["JoinStats", "Joiner", "JoinerConfig", "Sample"]
+__all__ = [
+    "FINAL",
+    "FNW_NEGATIVE",
+    "FNW_POSITIVE",
+    "JoinResult",
+    "JoinStats",
+    "JoinedFeatures",
+    "Joiner",
+    "JoinerConfig",
+    "Release",
+    "fnw_weight",
+]
+
+FINAL, FNW_NEGATIVE, FNW_POSITIVE = k.FINAL, k.FNW_NEGATIVE, k.FNW_POSITIVE
+_KIND_NAMES = {FINAL: "FINAL", FNW_NEGATIVE: "FNW_NEGATIVE", FNW_POSITIVE: "FNW_POSITIVE"}
+HOUR_MS = 3_600_000
+SNAPSHOT_FORMAT = 1
 
 
 @dataclass(frozen=True, slots=True)
 class JoinerConfig:
-    """Hyper-parameters of the join (event-time milliseconds)."""
+    """Hyper-parameters of the join and of the features (times in milliseconds)."""
 
     window_ms: int = 15 * 60 * 1000
     allowed_lateness_ms: int = 0
     closed_retention_ms: int | None = None  # None: one more window length
+    mode: Literal["wait", "fnw"] = "wait"
+    recent_length: int = 50
+    lifelong_top_k: int = 32
+    lifelong_cap: int = 10_000
+    lifelong_ttl_ms: int = 365 * 24 * HOUR_MS
+    count_half_lives_ms: tuple[int, ...] = (HOUR_MS, 24 * HOUR_MS, 7 * 24 * HOUR_MS)
 
     def __post_init__(self) -> None:
-        if self.window_ms <= 0:
-            raise ValueError(f"window_ms must be > 0, got {self.window_ms}")
+        positive = {"window_ms": self.window_ms, "recent_length": self.recent_length,
+                    "lifelong_top_k": self.lifelong_top_k, "lifelong_cap": self.lifelong_cap,
+                    "lifelong_ttl_ms": self.lifelong_ttl_ms}
+        for name, value in positive.items():
+            if value <= 0:
+                raise ValueError(f"{name} must be > 0, got {value}")
         if self.allowed_lateness_ms < 0:
             raise ValueError(f"allowed_lateness_ms must be >= 0, got {self.allowed_lateness_ms}")
         if self.closed_retention_ms is not None and self.closed_retention_ms < 0:
             raise ValueError(f"closed_retention_ms must be >= 0, got {self.closed_retention_ms}")
+        if self.mode not in ("wait", "fnw"):
+            raise ValueError(f"mode must be 'wait' or 'fnw', got {self.mode!r}")
+        if not self.count_half_lives_ms or min(self.count_half_lives_ms) <= 0:
+            raise ValueError(f"count_half_lives_ms must be positive, got "
+                             f"{self.count_half_lives_ms}")
 
     @property
     def retention_ms(self) -> int:
         return self.window_ms if self.closed_retention_ms is None else self.closed_retention_ms
 
+    def vector(self) -> np.ndarray:
+        """The configuration as the kernel reads it."""
+        return np.array([self.window_ms, self.allowed_lateness_ms, self.retention_ms,
+                         k.MODE_FNW if self.mode == "fnw" else k.MODE_WAIT,
+                         self.recent_length, self.lifelong_top_k, self.lifelong_cap,
+                         self.lifelong_ttl_ms], np.int64)
 
-@dataclass(frozen=True, slots=True)
-class Sample:
-    """A labelled training example: the impression, its final label and when it became final.
 
-    ``final_ts`` is the event time at which the joiner released it (the window end);
-    ``click_ts`` the time of the click that made it positive. ``payload`` is whatever
-    the caller attached to the impression (its features and scores at impression time).
+def fnw_weight(label: int, p: float) -> float:
+    """Fake negative weighting (Ktena et al. 2019): ``1 + p`` and ``(1 - p)(1 + p)``.
+
+    Positives get ``1 + p``, negatives ``(1 - p)(1 + p)``.
+
+    ``p`` is the learner's current prediction (not differentiated through): with
+    every positive also shown once as a negative, these weights make the weighted
+    log loss minimal at the true click probability.
     """
-
-    impression: Impression
-    label: int
-    click_ts: int | None
-    final_ts: int
-    payload: object = None
+    return 1.0 + p if label else (1.0 - p) * (1.0 + p)
 
 
 @dataclass(slots=True)
@@ -96,161 +150,293 @@ class JoinStats:
     orphan_clicks: int = 0
     samples_positive: int = 0
     samples_negative: int = 0
+    behaviours: int = 0
 
     def as_dict(self) -> dict[str, int]:
-        return asdict(self)
+        return {name: getattr(self, name) for name in k.STAT_NAMES}
 
 
-@dataclass(slots=True)
-class _Pending:
-    impression: Impression
-    payload: object
-    click_ts: int | None = None
+@dataclass(frozen=True, slots=True)
+class Release:
+    """A sample the caller must act on: learn it, evaluate it, or both (see the module doc).
 
-
-@dataclass(slots=True)
-class Joiner:
-    """Joins clicks to impressions in event time; see the module docstring for semantics.
-
-    Each ``add_*``/``advance`` call returns the samples whose windows closed, in
-    window-end order.
+    ``event`` is the index, in the pushed batch, of the event during which it was
+    released (-1: by a flush or an advance); ``phase`` 0 means before that event took
+    effect (a window closed by its time), 1 after it (an FNW negative of the impression
+    itself). ``row`` is the impression's feature row, valid until the next push.
     """
 
-    config: JoinerConfig = field(default_factory=JoinerConfig)
-    stats: JoinStats = field(default_factory=JoinStats)
-    watermark: int = field(default=-1, init=False)
-    _max_ts: int = field(default=-1, init=False)
-    _open: dict[str, _Pending] = field(default_factory=dict, init=False)
-    _open_ends: list[tuple[int, str]] = field(default_factory=list, init=False)  # heap (end, id)
-    _closed: dict[str, bool] = field(default_factory=dict, init=False)  # id -> was clicked
-    _closed_expiry: list[tuple[int, str]] = field(default_factory=list, init=False)  # heap
-    _held: dict[str, Click] = field(default_factory=dict, init=False)  # clicks before impression
-    _held_expiry: list[tuple[int, str]] = field(default_factory=list, init=False)  # heap
-    _orphans: list[Click] = field(default_factory=list, init=False)
+    kind: int
+    impression: Impression
+    row: int
+    label: int
+    click_ts: int | None
+    final_ts: int
+    event: int
+    phase: int
 
-    def add_impression(self, imp: Impression, payload: object = None) -> list[Sample]:
-        """Open the impression's window; join a click that was waiting for it.
+    def __repr__(self) -> str:
+        return (f"Release({_KIND_NAMES[self.kind]} {self.impression.impression_id} "
+                f"label={self.label} at {self.final_ts}, event {self.event})")
 
-        ``payload`` travels with the impression into its sample; a duplicate
-        impression is dropped with its payload.
-        """
-        out = self._advance_to(imp.ts)
-        self.stats.impressions += 1
-        iid = imp.impression_id
-        if iid in self._open or iid in self._closed:
-            self.stats.duplicate_impressions += 1
-            return out
-        pending = _Pending(imp, payload)
-        self._open[iid] = pending
-        heapq.heappush(self._open_ends, (imp.ts + self.config.window_ms, iid))
-        held = self._held.pop(iid, None)
-        if held is not None:
-            # The held click was counted on arrival; now it finds its impression.
-            self._join(pending, held)
-        return out
 
-    def add_click(self, click: Click) -> list[Sample]:
-        """Join the click to its impression, or count it as duplicate, late or held."""
-        out = self._advance_to(click.ts)
-        self.stats.clicks += 1
-        iid = click.impression_id
-        pending = self._open.get(iid)
-        if pending is not None:
-            self._join(pending, click)
-        elif iid in self._closed:
-            if self._closed[iid]:
-                self.stats.duplicate_clicks += 1
-            else:
-                self.stats.late_clicks += 1
-        elif iid in self._held:
-            self.stats.duplicate_clicks += 1
-        else:
-            self._held[iid] = click
-            heapq.heappush(self._held_expiry, (click.ts + self.config.window_ms, iid))
-        return out
+@dataclass(frozen=True)
+class JoinResult:
+    """What a push did: per event status and feature row, releases in order, orphans."""
 
-    def advance(self, ts: int) -> list[Sample]:
-        """Move event time forward without an event (e.g. an idle stream's wall clock)."""
-        return self._advance_to(ts)
+    status: np.ndarray
+    rows: np.ndarray
+    releases: list[Release]
+    orphans: list[Click]
 
-    def flush(self) -> list[Sample]:
-        """End of input: close every open window and give up on every held click."""
-        out = self._close_until(None)
-        for click in self._held.values():
-            self._orphan(click)
-        self._held.clear()
-        self._held_expiry.clear()
-        return out
 
-    def take_orphans(self) -> list[Click]:
-        """Clicks declared orphan since the last call: bad records for the caller's DLQ."""
-        orphans, self._orphans = self._orphans, []
-        return orphans
+class EncodedEvents(NamedTuple):
+    kind: np.ndarray  # int8
+    key: np.ndarray  # int64
+    user: np.ndarray  # int32
+    item: np.ndarray  # int32 (-1 for clicks)
+    cat: np.ndarray  # int32 (-1 for clicks)
+    ts: np.ndarray  # int64
+
+
+@dataclass(frozen=True)
+class JoinedFeatures:
+    """The joiner's features of one impression, as of its event time (codes and decoded)."""
+
+    recent_item: np.ndarray  # int32 (n,) item codes, newest first
+    recent_cat: np.ndarray
+    recent_age_s: np.ndarray  # float32 (n,)
+    topk_item: np.ndarray  # same-category behaviours, newest first
+    topk_cat: np.ndarray
+    topk_age_s: np.ndarray
+    counts: np.ndarray  # float32 (F,), named by Joiner.count_names
+    _joiner: Joiner
+
+    @property
+    def recent(self) -> list[tuple[str, str, float]]:
+        """(item, category, age in seconds) of the recent sequence."""
+        return self._decode(self.recent_item, self.recent_cat, self.recent_age_s)
+
+    @property
+    def same_category(self) -> list[tuple[str, str, float]]:
+        return self._decode(self.topk_item, self.topk_cat, self.topk_age_s)
+
+    def categories_of_recent(self) -> list[str]:
+        """Distinct categories of the recent sequence, newest first."""
+        value = self._joiner.categories.value
+        return [value(c) for c in dict.fromkeys(self.recent_cat.tolist())]
+
+    def _decode(self, items, cats, ages) -> list[tuple[str, str, float]]:
+        j = self._joiner
+        return [(j.items.value(int(i)), j.categories.value(int(c)), round(float(a), 3))
+                for i, c, a in zip(items, cats, ages, strict=True)]
+
+
+class Joiner:
+    """Owner of the joiner's state; :meth:`push` runs events through the compiled kernel."""
+
+    def __init__(self, config: JoinerConfig | None = None) -> None:
+        self.config = config or JoinerConfig()
+        self.users, self.items, self.categories = Interner(), Interner(), Interner()
+        self.store = BehaviourStore(self.config.lifelong_cap, self.config.lifelong_ttl_ms)
+        self.counters = Counters(self.config.count_half_lives_ms)
+        self.count_names = counter_names(self.config.count_half_lives_ms)
+        self.arrays = self._new_arrays(slots=1024, rows=1024)
+        self._impressions: list[Impression | None] = [None] * 1024  # by feature row
+        self._held: dict[int, Click] = {}  # originals of held clicks, by impression key
+
+    # -- the public surface -------------------------------------------------------------
+
+    def push(self, events: Sequence[Impression | Click]) -> JoinResult:
+        """Join a batch of events (in arrival order); see :class:`Release` for the order."""
+        encoded = self.encode(events)
+        out = self.process(encoded)
+        rows = out.row
+        impressions = self._impressions
+        joined_held = []
+        for i, event in enumerate(events):
+            status = out.status[i]
+            if status == k.IMP_NEW or status == k.IMP_NEW_JOINED_HELD:
+                impressions[rows[i]] = event  # type: ignore[assignment]
+                if status == k.IMP_NEW_JOINED_HELD:
+                    joined_held.append(int(encoded.key[i]))
+            elif status == k.CLICK_HELD:
+                self._held[int(encoded.key[i])] = event  # type: ignore[assignment]
+        result = self._result(out, events)  # may hand back held clicks as orphans
+        for key in joined_held:
+            self._held.pop(key, None)
+        return result
+
+    def advance(self, ts: int) -> JoinResult:
+        """Move event time to ``ts`` with no event (an idle stream's clock)."""
+        out = self._output(0)
+        k.advance_to(self.arrays, out, ts)
+        return self._result(out, ())
+
+    def flush(self) -> JoinResult:
+        """End of input: every window closes, every held click becomes an orphan."""
+        out = self._output(0)
+        k.flush(self.arrays, out)
+        return self._result(out, ())
+
+    def features(self, row: int) -> JoinedFeatures:
+        """Features of the impression at feature row ``row`` (valid until the next push)."""
+        a = self.arrays
+        n, m = a.recent_len[row], a.topk_len[row]
+        return JoinedFeatures(a.recent_item[row, :n], a.recent_cat[row, :n],
+                              a.recent_age[row, :n], a.topk_item[row, :m], a.topk_cat[row, :m],
+                              a.topk_age[row, :m], a.counts[row], self)
+
+    @property
+    def stats(self) -> JoinStats:
+        return JoinStats(*(int(v) for v in self.arrays.stats))
 
     @property
     def open_windows(self) -> int:
-        return len(self._open)
+        return len(self.arrays.ends)
 
     @property
     def held_clicks(self) -> int:
-        return len(self._held)
+        return len(self.arrays.held)
 
-    def _orphan(self, click: Click) -> None:
-        self.stats.orphan_clicks += 1
-        self._orphans.append(click)
+    @property
+    def watermark(self) -> int:
+        return int(self.arrays.clock[k.K_WATERMARK])
 
-    def _join(self, pending: _Pending, click: Click) -> None:
-        imp = pending.impression
-        if pending.click_ts is not None:
-            self.stats.duplicate_clicks += 1
-        elif click.ts < imp.ts:
-            # A click cannot precede what it clicks: bad clock or bad id, not a label.
-            self._orphan(click)
-        elif click.ts - imp.ts > self.config.window_ms:
-            self.stats.late_clicks += 1
-        else:
-            pending.click_ts = click.ts
-            self.stats.clicks_joined += 1
+    # -- encoded (array) path: what replay's fast path and the benchmark drive -----------
 
-    def _advance_to(self, ts: int) -> list[Sample]:
-        if ts <= self._max_ts:
-            return []
-        self._max_ts = ts
-        watermark = ts - self.config.allowed_lateness_ms
-        if watermark <= self.watermark:
-            return []
-        self.watermark = watermark
-        return self._close_until(watermark)
-
-    def _close_until(self, watermark: int | None) -> list[Sample]:
-        """Close windows ending before ``watermark`` (all when None) and expire old state."""
-        out: list[Sample] = []
-        ends = self._open_ends
-        retention = self.config.retention_ms
-        while ends and (watermark is None or ends[0][0] < watermark):
-            end, iid = heapq.heappop(ends)
-            pending = self._open.pop(iid)
-            clicked = pending.click_ts is not None
-            if clicked:
-                self.stats.samples_positive += 1
+    def encode(self, events: Sequence[Impression | Click]) -> EncodedEvents:
+        """Intern ids and hash impression ids of a batch of event structs."""
+        n = len(events)
+        kind = np.empty(n, np.int8)
+        key = np.empty(n, np.int64)
+        user = np.empty(n, np.int32)
+        item = np.full(n, -1, np.int32)
+        cat = np.full(n, -1, np.int32)
+        ts = np.empty(n, np.int64)
+        users, items, cats = self.users.intern, self.items.intern, self.categories.intern
+        for i, e in enumerate(events):
+            key[i] = impression_key(e.impression_id)
+            user[i] = users(e.user_id)
+            ts[i] = e.ts
+            if type(e) is Impression:
+                kind[i] = k.IMPRESSION
+                item[i] = items(e.item_id)
+                cat[i] = cats(e.category_id)
             else:
-                self.stats.samples_negative += 1
-            out.append(Sample(pending.impression, int(clicked), pending.click_ts, end,
-                              pending.payload))
-            self._closed[iid] = clicked
-            heapq.heappush(self._closed_expiry, (end + retention, iid))
-        if watermark is None:
-            return out
-        closed = self._closed_expiry
-        while closed and closed[0][0] < watermark:
-            del self._closed[heapq.heappop(closed)[1]]
-        held = self._held_expiry
-        window = self.config.window_ms
-        while held and held[0][0] < watermark:
-            end, iid = heapq.heappop(held)
-            click = self._held.get(iid)
-            # Entries of clicks that found their impression stay in the heap; skip them.
-            if click is not None and click.ts + window == end:
-                del self._held[iid]
-                self._orphan(click)
+                kind[i] = k.CLICK
+        return EncodedEvents(kind, key, user, item, cat, ts)
+
+    def process(self, e: EncodedEvents) -> k.BatchOutput:
+        """Run encoded events through the kernel; the low-level form of :meth:`push`."""
+        n_imp = int(np.count_nonzero(e.kind == k.IMPRESSION))
+        self._reserve(n_imp, len(e.kind))
+        out = self._output(len(e.kind))
+        k.process_batch(self.arrays, self.store.arrays, self.counters.arrays,
+                        e.kind, e.key, e.user, e.item, e.cat, e.ts, out)
         return out
+
+    # -- internals ------------------------------------------------------------------------
+
+    def _result(self, out: k.BatchOutput, events: Sequence[Impression | Click]) -> JoinResult:
+        n_rel, n_orph = int(out.counts[0]), int(out.counts[1])
+        impressions = self._impressions
+        releases = []
+        for m in range(n_rel):
+            row = int(out.rel_row[m])
+            click_ts = int(out.rel_click_ts[m])
+            releases.append(Release(
+                int(out.rel_kind[m]), impressions[row], row, int(out.rel_label[m]),  # type: ignore[arg-type]
+                None if click_ts < 0 else click_ts, int(out.rel_final_ts[m]),
+                int(out.rel_event[m]), int(out.rel_phase[m])))
+            if out.rel_kind[m] == FINAL:
+                impressions[row] = None  # the row is recycled at the next push
+        orphans = []
+        for o in range(n_orph):
+            event = int(out.orphan_event[o])
+            key = int(out.orphan_key[o])
+            orphans.append(events[event] if event >= 0 else self._held.pop(key))
+        return JoinResult(out.status[: len(events)], out.row[: len(events)], releases,
+                          orphans)  # type: ignore[arg-type]
+
+    def _output(self, batch: int) -> k.BatchOutput:
+        a = self.arrays
+        releases = len(a.ends) + 3 * batch + 1
+        orphans = len(a.held) + batch + 1
+        return k.BatchOutput(
+            status=np.zeros(batch, np.int8), row=np.full(batch, -1, np.int64),
+            rel_event=np.empty(releases, np.int64), rel_phase=np.empty(releases, np.int8),
+            rel_kind=np.empty(releases, np.int8), rel_row=np.empty(releases, np.int64),
+            rel_label=np.empty(releases, np.int8), rel_click_ts=np.empty(releases, np.int64),
+            rel_final_ts=np.empty(releases, np.int64), orphan_key=np.empty(orphans, np.int64),
+            orphan_event=np.empty(orphans, np.int64), counts=np.zeros(2, np.int64))
+
+    def _reserve(self, impressions: int, events: int) -> None:
+        a = self.arrays
+        free_slots = int(a.clock[k.K_FREE_SLOTS])
+        free_rows = int(a.clock[k.K_FREE_ROWS] + a.clock[k.K_PENDING_ROWS])
+        if free_slots < impressions:
+            self._grow_slots(a.slot_key.size + max(impressions, a.slot_key.size // 2))
+        if free_rows < impressions:
+            self._grow_rows(a.recent_len.size + max(impressions, a.recent_len.size // 2))
+        now = int(self.arrays.clock[k.K_MAX_TS])
+        self.store.reserve(events + len(self.arrays.held), len(self.users), now)
+        self.counters.reserve(len(self.users), len(self.items), events)
+
+    def _new_arrays(self, slots: int, rows: int) -> k.JoinArrays:
+        c = self.config
+        n, kk, f = c.recent_length, c.lifelong_top_k, 6 * len(c.count_half_lives_ms)
+        return k.JoinArrays(
+            cfg=c.vector(),
+            clock=np.array([-1, -1, slots, rows, 0], np.int64),
+            stats=np.zeros(len(k.STAT_NAMES), np.int64),
+            slot_key=np.zeros(slots, np.int64), slot_ts=np.zeros(slots, np.int64),
+            slot_user=np.zeros(slots, np.int32), slot_item=np.zeros(slots, np.int32),
+            slot_cat=np.zeros(slots, np.int32), slot_click_ts=np.full(slots, -1, np.int64),
+            slot_row=np.full(slots, -1, np.int64), slot_state=np.zeros(slots, np.int8),
+            free_slots=np.arange(slots - 1, -1, -1, dtype=np.int64),
+            free_rows=np.arange(rows - 1, -1, -1, dtype=np.int64),
+            pending_rows=np.zeros(rows, np.int64),
+            index=new_dict(), ends=empty_heap(3), expiries=empty_heap(), held=new_dict(),
+            held_expiries=empty_heap(),
+            recent_item=np.zeros((rows, n), np.int32), recent_cat=np.zeros((rows, n), np.int32),
+            recent_age=np.zeros((rows, n), np.float32), recent_len=np.zeros(rows, np.int32),
+            topk_item=np.zeros((rows, kk), np.int32), topk_cat=np.zeros((rows, kk), np.int32),
+            topk_age=np.zeros((rows, kk), np.float32), topk_len=np.zeros(rows, np.int32),
+            counts=np.zeros((rows, f), np.float32),
+        )
+
+    def _grow_slots(self, slots: int) -> None:
+        a = self.arrays
+        old = a.slot_key.size
+        extra = slots - old
+        grown = {name: np.concatenate([getattr(a, name),
+                                       np.full(extra, fill, getattr(a, name).dtype)])
+                 for name, fill in (("slot_key", 0), ("slot_ts", 0), ("slot_user", 0),
+                                    ("slot_item", 0), ("slot_cat", 0), ("slot_click_ts", -1),
+                                    ("slot_row", -1), ("slot_state", k.FREE))}
+        free = int(a.clock[k.K_FREE_SLOTS])
+        free_slots = np.empty(slots, np.int64)
+        free_slots[:free] = a.free_slots[:free]
+        free_slots[free:free + extra] = np.arange(slots - 1, old - 1, -1)
+        a.clock[k.K_FREE_SLOTS] = free + extra
+        self.arrays = a._replace(free_slots=free_slots, **grown)
+
+    def _grow_rows(self, rows: int) -> None:
+        a = self.arrays
+        old = a.recent_len.size
+        extra = rows - old
+        names = ("recent_item", "recent_cat", "recent_age", "recent_len", "topk_item",
+                 "topk_cat", "topk_age", "topk_len", "counts")
+        grown = {name: np.concatenate([getattr(a, name),
+                                       np.zeros((extra, *getattr(a, name).shape[1:]),
+                                                getattr(a, name).dtype)]) for name in names}
+        free = int(a.clock[k.K_FREE_ROWS])
+        free_rows = np.empty(rows, np.int64)
+        free_rows[:free] = a.free_rows[:free]
+        free_rows[free:free + extra] = np.arange(rows - 1, old - 1, -1)
+        pending = np.zeros(rows, np.int64)
+        pending[:old] = a.pending_rows
+        a.clock[k.K_FREE_ROWS] = free + extra
+        self.arrays = a._replace(free_rows=free_rows, pending_rows=pending, **grown)
+        self._impressions.extend([None] * extra)

@@ -48,6 +48,14 @@ def _learner_names(text: str | list[str]) -> tuple[str, ...]:
     return names
 
 
+def _modes(text: str | list[str]) -> tuple[str, ...]:
+    modes = parse_names(text)
+    unknown = [m for m in modes if m not in ("wait", "fnw")]
+    if unknown:
+        raise ValueError(f"unknown mode(s) {', '.join(unknown)}; available: wait, fnw")
+    return modes
+
+
 def _positive_int(text: str | int) -> int:
     value = int(text)
     if value < 1:
@@ -140,7 +148,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
     result = run_replay(args.dir, args.learners, args.report,
                         joiner_config=JoinerConfig(window_ms=args.window),
-                        warmup_ms=args.warmup)
+                        modes=args.delayed_feedback, warmup_ms=args.warmup)
     Console().print(learner_table(result.learners, "progressive validation (replay)"))
     print(f"report: {args.report}/report.md")
     return 0
@@ -220,6 +228,9 @@ def _build() -> tuple[argparse.ArgumentParser, dict[str, Options]]:
     o.add(p, "--report", type=Path, help="report folder")
     o.add(p, "--window", type=parse_duration_ms, default=15 * 60_000,
           help="attribution window (e.g. 15m)")
+    o.add(p, "--delayed-feedback", type=_modes, default=("wait", "fnw"),
+          help="training modes to compare, of: wait (label at window end), fnw (fake "
+               "negative weighting); the first one is the report's main table")
     o.add(p, "--warmup", type=parse_duration_ms, default=None,
           help="leave impressions of the stream's first DURATION out of the metrics "
                "(default: one window; 0 keeps all)")

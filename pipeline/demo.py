@@ -87,7 +87,7 @@ def run_demo(
     }
     served[TRUTH] = _oracle_metrics(scored, data)
     replayed = run_replay(data, learners, out / "replay", joiner_config=config.joiner,
-                          warmup_ms=window_ms)
+                          modes=("wait", "fnw"), warmup_ms=window_ms)
     agree = all(
         math.isclose(served[n]["auc"], replayed.learners[n]["auc"], rel_tol=0, abs_tol=1e-12)
         and served[n]["samples"] == replayed.learners[n]["samples"]

@@ -205,8 +205,7 @@ class Service:
             done = remaining is not None and remaining <= 0
             assigned = consumer.assignment()
             caught_up = {tp for tp in assigned if self._caught_up(consumer, tp)}
-            for record in merger.drain(caught_up, assigned, force=done):
-                self._process(record)
+            self._process(list(merger.drain(caught_up, assigned, force=done)))
             now = time.monotonic()
             if now >= next_publish:
                 self._publish_metrics(consumer, assigned)
@@ -244,17 +243,16 @@ class Service:
             self._on_progress(len(messages))
         return out
 
-    def _process(self, record: _Record) -> None:
-        event = record.event
-        self._processed[record.partition] = record.offset + 1
-        if event is None:
-            return
-        if type(event) is Impression:
-            self.engine.on_impression(event)
-        else:
-            self.engine.on_click(event)  # type: ignore[arg-type]
-        if self._newest_ts is None or event.ts > self._newest_ts:
-            self._newest_ts = event.ts
+    def _process(self, records: list[_Record]) -> None:
+        """Hand the released records to the engine as one batch; then they count as processed."""
+        events = [r.event for r in records if r.event is not None]
+        if events:
+            self.engine.process(events)  # type: ignore[arg-type]
+            newest = max(e.ts for e in events)
+            if self._newest_ts is None or newest > self._newest_ts:
+                self._newest_ts = newest
+        for record in records:
+            self._processed[record.partition] = record.offset + 1
 
     def _throttle(self, consumer: KafkaConsumer, merger: EventTimeMerger[_Record]) -> None:
         """Pause partitions far ahead of the others so the merge's buffers stay bounded."""
@@ -295,12 +293,12 @@ class Service:
 
     def _publish_sample(self, outcome: Outcome) -> None:
         """Engine callback: the labelled sample to the samples topic (scale-out trainers)."""
-        sample = outcome.sample
-        payload = {"impression": sample.impression, "label": sample.label,
-                   "click_ts": sample.click_ts, "final_ts": sample.final_ts}
+        release = outcome.release
+        payload = {"impression": release.impression, "label": release.label,
+                   "click_ts": release.click_ts, "final_ts": release.final_ts}
         assert self._producer is not None
         self._producer.send(self.config.topics.samples, _json.encode(payload),
-                            key=sample.impression.user_id.encode())
+                            key=release.impression.user_id.encode())
 
     def _publish_metrics(self, consumer: KafkaConsumer, assigned: set[TopicPartition]) -> None:
         joiner = self.engine.joiner

@@ -95,7 +95,7 @@ class ServiceMetrics:
 
     def on_outcome(self, outcome: Outcome) -> None:
         """Engine callback: feed each learner's rolling window."""
-        label = outcome.sample.label
+        label = outcome.release.label
         for name, score in outcome.scores.items():
             self._windows[name].add(label, score)
 

@@ -1,29 +1,33 @@
-"""The online engine: one joiner and a set of learners, driven event by event.
+"""The online engine: one joiner and a set of learners, driven batch by batch.
 
 ``streamctr replay`` and ``streamctr serve`` both feed events to an
 :class:`OnlineEngine`; they differ only in where events come from. The engine
 keeps the run leak-free by construction:
 
-* before an impression is scored, every sample whose label became final at or
-  before its event time has been learned (the model is the one it had then);
-* each learner scores the impression once, at its event time, and that score is
-  the one recorded with the label;
-* a sample is learned only when the joiner says its label is final, with the
-  features computed at impression time.
+* before an impression is scored, every sample released at or before its event
+  time has been learned (the model is the one it had then);
+* each learner scores the impression once, at its event time, with the features
+  the joiner computed from strictly earlier behaviour, and that score is the one
+  recorded with the final label;
+* a learner trains on a sample only when the joiner releases it: at the window
+  end in ``wait`` mode, or as an FNW negative at impression time and an FNW
+  positive at click time in ``fnw`` mode (weighted, :func:`features.joiner.fnw_weight`).
 
-What happens to a labelled, scored sample is up to the ``on_outcome`` callbacks
-(record it for a report, update live gauges, publish it to the samples topic).
+Evaluation always uses ``FINAL`` releases — the label as known at the window
+end — whatever the training mode. What happens to a final, scored sample is up
+to the ``on_outcome`` callbacks (record it for a report, update live gauges,
+publish it to the samples topic).
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from features.events import Click, Impression
 from features.featurize import impression_features
-from features.joiner import Joiner, JoinerConfig, Sample
+from features.joiner import FINAL, JoinedFeatures, Joiner, JoinerConfig, Release, fnw_weight
 from learners import Learner
 
 __all__ = ["OnlineEngine", "Outcome", "OutcomeCallback"]
@@ -31,25 +35,19 @@ __all__ = ["OnlineEngine", "Outcome", "OutcomeCallback"]
 
 @dataclass(frozen=True, slots=True)
 class Outcome:
-    """A labelled sample together with each learner's score from impression time."""
+    """A final release together with each learner's score from impression time."""
 
-    sample: Sample
+    release: Release
     scores: Mapping[str, float]
 
 
 OutcomeCallback = Callable[[Outcome], None]
-Featurizer = Callable[[Impression], dict[str, float]]
-
-
-@dataclass(slots=True)
-class _Scored:
-    features: dict[str, float]
-    scores: dict[str, float]
+Featurizer = Callable[[Impression, JoinedFeatures], dict[str, float]]
 
 
 @dataclass
 class OnlineEngine:
-    """Predict each impression at its event time; learn each sample when its label is final."""
+    """Predict each impression at its event time; learn each sample when it is released."""
 
     learners: Mapping[str, Learner]
     joiner_config: JoinerConfig = field(default_factory=JoinerConfig)
@@ -61,45 +59,97 @@ class OnlineEngine:
         if not self.learners:
             raise ValueError("an engine needs at least one learner")
         self.joiner = Joiner(self.joiner_config)
+        self._fnw = self.joiner_config.mode == "fnw"
+        # Features and scores of each open impression, by the joiner's feature row.
+        self._open: dict[int, tuple[dict[str, float], dict[str, float]]] = {}
         # Seconds spent inside each learner (predict + learn): its own throughput.
         self.learner_seconds: dict[str, float] = dict.fromkeys(self.learners, 0.0)
+        # Freshness, in event time: impression → first training sample of it, and
+        # impression → its positive label reaching the learners.
+        self._delay_ms = {"first": 0, "positive": 0}
+        self._delay_n = {"first": 0, "positive": 0}
 
-    def on_impression(self, imp: Impression) -> dict[str, float]:
-        """Score the impression with every learner as of its event time; return the scores."""
-        self._settle(self.joiner.advance(imp.ts))
-        x = self.featurize(imp)
+    def process(self, events: Sequence[Impression | Click]) -> None:
+        """Join, score and learn a batch of events (in arrival order)."""
+        result = self.joiner.push(events)
+        releases, rows = result.releases, result.rows
+        r, n = 0, len(releases)
+        for i, event in enumerate(events):
+            while r < n and releases[r].event == i and releases[r].phase == 0:
+                self._settle(releases[r])
+                r += 1
+            if rows[i] >= 0:
+                self._score(event, int(rows[i]))  # type: ignore[arg-type]
+            while r < n and releases[r].event == i:
+                self._settle(releases[r])
+                r += 1
+        for release in releases[r:]:
+            self._settle(release)
+        self._hand_back(result.orphans)
+
+    def advance(self, ts: int) -> None:
+        """Move event time forward with no event (closes windows that ended before ``ts``)."""
+        result = self.joiner.advance(ts)
+        for release in result.releases:
+            self._settle(release)
+        self._hand_back(result.orphans)
+
+    def finish(self) -> None:
+        """End of input: every open window closes, every held click becomes an orphan."""
+        result = self.joiner.flush()
+        for release in result.releases:
+            self._settle(release)
+        self._hand_back(result.orphans)
+
+    def _score(self, imp: Impression, row: int) -> None:
+        x = self.featurize(imp, self.joiner.features(row))
         scores: dict[str, float] = {}
         clock = time.perf_counter
         for name, learner in self.learners.items():
             start = clock()
             scores[name] = learner.predict_proba_one(x)
             self.learner_seconds[name] += clock() - start
-        self._settle(self.joiner.add_impression(imp, _Scored(x, scores)))
-        return scores
+        self._open[row] = (x, scores)
 
-    def on_click(self, click: Click) -> None:
-        """Hand the click to the joiner; learn the sample it makes final, if any."""
-        self._settle(self.joiner.add_click(click))
-
-    def advance(self, ts: int) -> None:
-        """Move event time forward with no event (closes windows that ended before ``ts``)."""
-        self._settle(self.joiner.advance(ts))
-
-    def finish(self) -> None:
-        """End of input: every open window closes, every held click becomes an orphan."""
-        self._settle(self.joiner.flush())
-
-    def _settle(self, samples: list[Sample]) -> None:
-        clock = time.perf_counter
-        for sample in samples:
-            scored: _Scored = sample.payload  # type: ignore[assignment]
-            for name, learner in self.learners.items():
-                start = clock()
-                learner.learn_one(scored.features, sample.label)
-                self.learner_seconds[name] += clock() - start
-            outcome = Outcome(sample, scored.scores)
+    def _settle(self, release: Release) -> None:
+        if release.kind == FINAL:
+            x, scores = self._open.pop(release.row)
+            if not self._fnw:
+                self._learn(x, release)
+            outcome = Outcome(release, scores)
             for callback in self.on_outcome:
                 callback(outcome)
-        for click in self.joiner.take_orphans():
+        else:
+            self._learn(self._open[release.row][0], release)
+
+    def _learn(self, x: dict[str, float], release: Release) -> None:
+        clock = time.perf_counter
+        label = release.label
+        for name, learner in self.learners.items():
+            start = clock()
+            if self._fnw:
+                # The learner's current belief sets the weight; it is not learned through.
+                learner.learn_one(x, label, fnw_weight(label, learner.predict_proba_one(x)))
+            else:
+                learner.learn_one(x, label)
+            self.learner_seconds[name] += clock() - start
+        delay = release.final_ts - release.impression.ts
+        if not (self._fnw and label):  # in FNW mode the negative comes first
+            self._delay_ms["first"] += delay
+            self._delay_n["first"] += 1
+        if label:
+            self._delay_ms["positive"] += delay
+            self._delay_n["positive"] += 1
+
+    def freshness(self) -> dict[str, float]:
+        """Mean event-time seconds until learners first train on an impression, and on a click."""
+        return {
+            f"{kind}_training_delay_s": (self._delay_ms[kind] / self._delay_n[kind] / 1000
+                                         if self._delay_n[kind] else float("nan"))
+            for kind in ("first", "positive")
+        }
+
+    def _hand_back(self, orphans: list[Click]) -> None:
+        for click in orphans:
             for callback in self.on_orphan:
                 callback(click)

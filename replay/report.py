@@ -66,15 +66,15 @@ class OutcomeRecorder:
             self._columns[f"score_{learner}"] = []
 
     def __call__(self, outcome: Outcome) -> None:
-        sample, cols = outcome.sample, self._columns
-        imp = sample.impression
+        release, cols = outcome.release, self._columns
+        imp = release.impression
         cols["impression_id"].append(imp.impression_id)
         cols["user_id"].append(imp.user_id)
         cols["request_id"].append(imp.request_id)
         cols["position"].append(imp.position)
-        cols["label"].append(sample.label)
+        cols["label"].append(release.label)
         cols["impression_ts"].append(imp.ts)
-        cols["final_ts"].append(sample.final_ts)
+        cols["final_ts"].append(release.final_ts)
         for learner in self.learner_names:
             cols[f"score_{learner}"].append(outcome.scores[learner])
 
@@ -141,17 +141,25 @@ def write_report(
     *,
     title: str,
     details: Mapping[str, Any] | None = None,
+    modes: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> Path:
-    """Write ``report.json`` and ``report.md`` into ``out_dir``; return the folder."""
+    """Write ``report.json`` and ``report.md`` into ``out_dir``; return the folder.
+
+    ``modes`` (delayed-feedback mode → {"learners": …, "freshness": …}) adds the
+    comparison of training modes on the same stream.
+    """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     doc: dict[str, Any] = {"events": dict(events), "learners": {k: dict(v) for k, v in
                                                                  learners.items()}}
     if details:
         doc["details"] = dict(details)
+    if modes:
+        doc["delayed_feedback"] = {m: dict(v) for m, v in modes.items()}
     # NaN is not JSON: undefined metrics are written as null.
     (out / "report.json").write_text(json.dumps(_json_safe(doc), indent=2) + "\n")
-    (out / "report.md").write_text(_markdown(title, events, learners, details or {}))
+    (out / "report.md").write_text(_markdown(title, events, learners, details or {},
+                                             modes or {}))
     return out
 
 
@@ -187,11 +195,32 @@ def learner_table(learners: Mapping[str, Mapping[str, float]], title: str) -> Ta
     return table
 
 
+def _modes_markdown(modes: Mapping[str, Mapping[str, Any]]) -> list[str]:
+    """Freshness against accuracy: each training mode's delays and its learners' metrics."""
+    lines = ["", "## Delayed feedback: freshness against accuracy", "",
+             "`wait` trains on each sample once its window has closed (right labels, delayed "
+             "by the window); `fnw` trains on a negative at impression time and again on a "
+             "positive when the click comes, with fake-negative weights. Both are evaluated "
+             "on the final labels.", "",
+             "| mode | learner | first training (s after impression) | click learned (s) | "
+             "auc | logloss | ne | calibration |", "|---|---|---:|---:|---:|---:|---:|---:|"]
+    for mode, result in modes.items():
+        fresh = result["freshness"]
+        for name, m in result["learners"].items():
+            lines.append(
+                f"| {mode} | {name} | {fresh['first_training_delay_s']:.1f} | "
+                f"{fresh['positive_training_delay_s']:.1f} | "
+                + " | ".join(format_metric(m[k]) for k in ("auc", "logloss", "ne", "calibration"))
+                + " |")
+    return lines
+
+
 def _markdown(
     title: str,
     events: Mapping[str, int],
     learners: Mapping[str, Mapping[str, float]],
     details: Mapping[str, Any],
+    modes: Mapping[str, Mapping[str, Any]],
 ) -> str:
     keys = (*METRIC_KEYS, "samples", "throughput_eps")
     lines = [f"# {title}", "", "## Learners (progressive validation)", ""]
@@ -208,6 +237,10 @@ def _markdown(
         "click skipped. throughput_eps is impressions per second of the learner's own time.",
         "Impressions of the warm-up (see Run) are not scored: no label is final before the",
         "first window closes, so every learner meets them with its untrained initial model.",
+    ]
+    if modes:
+        lines += _modes_markdown(modes)
+    lines += [
         "",
         "## Events",
         "",

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from itertools import islice
 from pathlib import Path
 from typing import Any
 
 import polars as pl
 
-from features.events import Click, Impression, encode_event
+from features.events import Click, encode_event
 from features.joiner import JoinerConfig
 from learners import Learner, make_learner
 from replay.engine import OnlineEngine
@@ -28,11 +29,19 @@ __all__ = ["ReplayResult", "run_replay"]
 
 @dataclass(frozen=True)
 class ReplayResult:
-    """What a replay measured: event counts, per-learner metrics and the outcomes themselves."""
+    """What a replay measured: event counts, per-learner metrics and the outcomes themselves.
+
+    ``learners`` and ``outcomes`` are those of the first delayed-feedback mode;
+    ``modes`` holds every mode's learner metrics and freshness.
+    """
 
     events: dict[str, int]
     learners: dict[str, dict[str, float]]
     outcomes: pl.DataFrame
+    modes: dict[str, dict[str, Any]]
+
+
+BATCH = 2048  # events per push: large enough to amortise the joiner call, small for memory
 
 
 def run_replay(
@@ -41,69 +50,91 @@ def run_replay(
     report_dir: str | Path | None,
     *,
     joiner_config: JoinerConfig | None = None,
+    modes: Sequence[str] = ("wait",),
     learner_params: Mapping[str, Mapping[str, Any]] | None = None,
     warmup_ms: int | None = None,
     show_progress: bool = True,
 ) -> ReplayResult:
     """Replay ``folder`` through the named learners; write the report when ``report_dir`` is set.
 
-    Metrics leave out impressions of the first ``warmup_ms`` (default: one window).
+    Each delayed-feedback mode (``wait``, ``fnw``) gets its own joiner and fresh
+    learners, all fed the same events in one pass. Metrics leave out impressions of
+    the first ``warmup_ms`` (default: one window).
     """
-    config = joiner_config or JoinerConfig()
-    warmup = config.window_ms if warmup_ms is None else warmup_ms
+    base = joiner_config or JoinerConfig()
+    if not modes:
+        raise ValueError("at least one delayed-feedback mode is needed")
+    warmup = base.window_ms if warmup_ms is None else warmup_ms
     params = learner_params or {}
-    learners: dict[str, Learner] = {
-        name: make_learner(name, **params.get(name, {})) for name in learner_names
-    }
     inp = read_replay_input(folder)
-    recorder = OutcomeRecorder(tuple(learners))
+    recorders: dict[str, OutcomeRecorder] = {}
+    engines: dict[str, OnlineEngine] = {}
     orphans: list[Click] = []
-    engine = OnlineEngine(learners, config, on_outcome=[recorder], on_orphan=[orphans.append])
+    for mode in dict.fromkeys(modes):
+        learners: dict[str, Learner] = {
+            name: make_learner(name, **params.get(name, {})) for name in learner_names
+        }
+        recorders[mode] = OutcomeRecorder(tuple(learners))
+        engines[mode] = OnlineEngine(
+            learners, replace(base, mode=mode), on_outcome=[recorders[mode]],
+            # Every mode's joiner sees the same orphans: keep one list of them.
+            on_orphan=[orphans.append] if not engines else [],
+        )
 
     started = time.perf_counter()
     with progress("replay", inp.n_events, enabled=show_progress) as ticker:
-        for event in iter_events(inp):
-            if type(event) is Impression:
-                engine.on_impression(event)
-            else:
-                engine.on_click(event)  # type: ignore[arg-type]
-            ticker.tick()
-        engine.finish()
+        events_iter = iter_events(inp)
+        while batch := list(islice(events_iter, BATCH)):
+            for engine in engines.values():
+                engine.process(batch)
+            ticker.tick(len(batch))
+        for engine in engines.values():
+            engine.finish()
     wall = time.perf_counter() - started
 
-    outcomes = recorder.to_frame()
-    scored = after_warmup(outcomes, warmup)
+    first = next(iter(engines))
+    per_mode: dict[str, dict[str, Any]] = {}
+    outcomes_of: dict[str, pl.DataFrame] = {}
+    for mode, engine in engines.items():
+        outcomes = outcomes_of[mode] = recorders[mode].to_frame()
+        scored = after_warmup(outcomes, warmup)
+        per_mode[mode] = {
+            "learners": {
+                name: learner_metrics(scored, name, samples_seen=outcomes.height,
+                                      seconds=engine.learner_seconds[name])
+                for name in learner_names
+            },
+            "freshness": engine.freshness(),
+        }
+    outcomes = outcomes_of[first]
     rejected = _rejected_with_orphans(inp, orphans)
     events = {
         "impressions_read": inp.impressions.height,
         "clicks_read": inp.clicks.height,
         "rejected": rejected.height,
-        **engine.joiner.stats.as_dict(),
-        "warmup_samples": outcomes.height - scored.height,
-    }
-    per_learner = {
-        name: learner_metrics(scored, name, samples_seen=outcomes.height,
-                              seconds=engine.learner_seconds[name])
-        for name in learners
+        **engines[first].joiner.stats.as_dict(),
+        "warmup_samples": outcomes.height - after_warmup(outcomes, warmup).height,
     }
     if report_dir is not None:
         out = Path(report_dir)
         write_report(
             out,
             events,
-            per_learner,
+            per_mode[first]["learners"],
             title=f"Replay of {Path(folder).name}",
             details={
                 "input": str(folder),
-                "window_ms": config.window_ms,
-                "allowed_lateness_ms": config.allowed_lateness_ms,
+                "window_ms": base.window_ms,
+                "allowed_lateness_ms": base.allowed_lateness_ms,
                 "warmup_ms": warmup,
+                "delayed_feedback": first,
                 "wall_seconds": round(wall, 3),
                 "events_per_second": round(inp.n_events / wall) if wall > 0 else None,
             },
+            modes=per_mode if len(per_mode) > 1 else None,
         )
         rejected.write_parquet(out / "rejected.parquet")
-    return ReplayResult(events, per_learner, outcomes)
+    return ReplayResult(events, per_mode[first]["learners"], outcomes, per_mode)
 
 
 def _rejected_with_orphans(inp: ReplayInput, orphans: list[Click]) -> pl.DataFrame:

@@ -3,168 +3,221 @@ from __future__ import annotations
 import pytest
 
 from features.events import Click, Impression
-from features.joiner import Joiner, JoinerConfig
+from features.joiner import FINAL, FNW_NEGATIVE, FNW_POSITIVE, Joiner, JoinerConfig, fnw_weight
 
 W = 15 * 60 * 1000
 
 
-def imp(iid: str, ts: int, user: str = "u1") -> Impression:
-    return Impression(iid, "r1", user, "item-" + iid, "c1", 0, ts)
+def imp(iid: str, ts: int, user: str = "u1", item: str | None = None, cat: str = "c1",
+        request: str = "r1") -> Impression:
+    return Impression(iid, request, user, item or "item-" + iid, cat, 0, ts)
 
 
 def click(iid: str, ts: int, user: str = "u1") -> Click:
     return Click(iid, user, ts)
 
 
-def labels(samples) -> list[tuple[str, int]]:
-    return [(s.impression.impression_id, s.label) for s in samples]
+def finals(result) -> list[tuple[str, int]]:
+    return [(r.impression.impression_id, r.label) for r in result.releases if r.kind == FINAL]
 
 
 def test_click_inside_window_makes_a_positive_released_at_window_end():
     j = Joiner()
-    assert j.add_impression(imp("a", 1_000)) == []
-    assert j.add_click(click("a", 61_000)) == []
+    assert j.push([imp("a", 1_000), click("a", 61_000)]).releases == []
     assert j.stats.clicks_joined == 1
-    assert j.advance(1_000 + W) == []
-    out = j.advance(1_000 + W + 1)
-    assert labels(out) == [("a", 1)]
-    assert out[0].click_ts == 61_000 and out[0].final_ts == 1_000 + W
+    assert j.advance(1_000 + W).releases == []
+    out = j.advance(1_000 + W + 1).releases
+    assert [(r.impression.impression_id, r.label, r.click_ts, r.final_ts) for r in out] == [
+        ("a", 1, 61_000, 1_000 + W)]
 
 
 def test_positives_and_negatives_are_delayed_alike_in_window_end_order():
     j = Joiner(JoinerConfig(window_ms=100))
-    j.add_impression(imp("neg", 0))
-    j.add_impression(imp("pos", 10))
-    j.add_click(click("pos", 20))
-    assert labels(j.advance(500)) == [("neg", 0), ("pos", 1)]
+    j.push([imp("neg", 0), imp("pos", 10), click("pos", 20)])
+    assert finals(j.advance(500)) == [("neg", 0), ("pos", 1)]
 
 
 def test_click_exactly_at_window_end_is_joined():
     j = Joiner()
-    j.add_impression(imp("a", 0))
-    j.add_click(click("a", W))
+    j.push([imp("a", 0), click("a", W)])
     assert j.stats.late_clicks == 0 and j.stats.clicks_joined == 1
-    assert labels(j.flush()) == [("a", 1)]
+    assert finals(j.flush()) == [("a", 1)]
 
 
 def test_late_click_after_window_is_counted_not_joined():
     j = Joiner()
-    j.add_impression(imp("a", 0))
-    out = j.add_click(click("a", W + 1))
+    result = j.push([imp("a", 0), click("a", W + 1)])
     # The click's own time closes the window first: the impression is a negative.
-    assert labels(out) == [("a", 0)]
+    assert finals(result) == [("a", 0)]
     assert j.stats.late_clicks == 1 and j.stats.clicks_joined == 0
 
 
 def test_late_click_is_counted_even_when_watermark_lags_behind():
     j = Joiner(JoinerConfig(window_ms=1_000, allowed_lateness_ms=10_000))
-    j.add_impression(imp("a", 0))
-    assert j.add_click(click("a", 1_001)) == []
+    assert j.push([imp("a", 0), click("a", 1_001)]).releases == []
     assert j.stats.late_clicks == 1
-    assert labels(j.flush()) == [("a", 0)]
+    assert finals(j.flush()) == [("a", 0)]
 
 
 def test_window_without_click_emits_negative_once_watermark_passes_end():
     j = Joiner()
-    j.add_impression(imp("a", 0))
-    assert j.advance(W) == []  # window end itself is still open
-    out = j.advance(W + 1)
-    assert labels(out) == [("a", 0)]
-    assert out[0].final_ts == W and out[0].click_ts is None
+    j.push([imp("a", 0)])
+    assert j.advance(W).releases == []  # window end itself is still open
+    out = j.advance(W + 1).releases
+    assert [(r.impression.impression_id, r.label, r.final_ts, r.click_ts) for r in out] == [
+        ("a", 0, W, None)]
     assert j.open_windows == 0
 
 
 def test_duplicate_click_is_dropped_and_counted():
     j = Joiner()
-    j.add_impression(imp("a", 0))
-    j.add_click(click("a", 10))
-    assert j.add_click(click("a", 20)) == []
-    assert labels(j.flush()) == [("a", 1)]
+    j.push([imp("a", 0), click("a", 10), click("a", 20)])
+    assert finals(j.flush()) == [("a", 1)]
     assert j.stats.duplicate_clicks == 1 and j.stats.samples_positive == 1
 
 
 def test_duplicate_click_after_window_closed_is_duplicate_not_late():
     j = Joiner()
-    j.add_impression(imp("a", 0))
-    j.add_click(click("a", 10))
+    j.push([imp("a", 0), click("a", 10)])
     j.advance(W + 5)
-    j.add_click(click("a", W + 6))
+    j.push([click("a", W + 6)])
     assert j.stats.duplicate_clicks == 1 and j.stats.late_clicks == 0
 
 
 def test_duplicate_impression_keeps_first_and_is_counted():
     j = Joiner()
-    j.add_impression(imp("a", 0))
-    j.add_impression(imp("a", 5))
+    j.push([imp("a", 0, item="first"), imp("a", 5, item="second")])
     assert j.stats.duplicate_impressions == 1
-    assert labels(j.flush()) == [("a", 0)]
+    (release,) = j.flush().releases
+    assert release.impression.item_id == "first"
 
 
 def test_click_before_impression_arrives_is_held_then_joined():
     j = Joiner()
-    assert j.add_click(click("a", 500)) == []
+    assert j.push([click("a", 500)]).releases == []
     assert j.held_clicks == 1
-    j.add_impression(imp("a", 100))
+    j.push([imp("a", 100)])
     assert j.held_clicks == 0 and j.stats.orphan_clicks == 0
-    out = j.flush()
-    assert labels(out) == [("a", 1)] and out[0].click_ts == 500
+    (release,) = j.flush().releases
+    assert (release.label, release.click_ts) == (1, 500)
 
 
-def test_held_click_whose_impression_never_comes_becomes_orphan():
+def test_held_click_whose_impression_never_comes_becomes_orphan_and_is_handed_back():
     j = Joiner()
-    j.add_click(click("ghost", 0))
-    j.advance(W)
-    assert j.stats.orphan_clicks == 0
-    j.advance(W + 1)
+    j.push([click("ghost", 0)])
+    assert j.advance(W).orphans == []
+    assert j.advance(W + 1).orphans == [click("ghost", 0)]
     assert j.stats.orphan_clicks == 1 and j.held_clicks == 0
 
 
-def test_held_click_is_orphan_at_flush_and_handed_back():
+def test_held_click_is_orphan_at_flush():
     j = Joiner()
-    j.add_click(click("ghost", 0))
-    j.flush()
+    j.push([click("ghost", 0)])
+    assert j.flush().orphans == [click("ghost", 0)]
     assert j.stats.orphan_clicks == 1
-    assert j.take_orphans() == [click("ghost", 0)]
-    assert j.take_orphans() == []
 
 
-def test_click_earlier_than_its_impression_is_not_a_label():
+def test_click_earlier_than_its_impression_is_an_orphan_not_a_label():
     j = Joiner()
-    j.add_click(click("a", 100))
-    assert j.add_impression(imp("a", 200)) == []
+    j.push([click("a", 100)])
+    assert j.push([imp("a", 200)]).orphans == [click("a", 100)]
     assert j.stats.orphan_clicks == 1
-    assert labels(j.flush()) == [("a", 0)]
+    assert finals(j.flush()) == [("a", 0)]
 
 
-def test_every_impression_gets_exactly_one_sample():
+def test_every_impression_gets_exactly_one_final_sample():
     j = Joiner(JoinerConfig(window_ms=100))
-    samples = []
+    events = []
     for t in range(0, 1000, 10):
-        samples += j.add_impression(imp(f"i{t}", t))
+        events.append(imp(f"i{t}", t))
         if t % 30 == 0:
-            samples += j.add_click(click(f"i{t}", t + 50))
-            samples += j.add_click(click(f"i{t}", t + 60))  # duplicate
-    samples += j.flush()
-    ids = [s.impression.impression_id for s in samples]
+            events += [click(f"i{t}", t + 50), click(f"i{t}", t + 60)]
+    events.sort(key=lambda e: e.ts)
+    releases = j.push(events).releases + j.flush().releases
+    ids = [r.impression.impression_id for r in releases]
     assert sorted(ids) == sorted(f"i{t}" for t in range(0, 1000, 10))
-    assert sum(s.label for s in samples) == j.stats.samples_positive == len(range(0, 1000, 30))
+    assert sum(r.label for r in releases) == j.stats.samples_positive == len(range(0, 1000, 30))
 
 
-def test_samples_are_released_only_after_their_window_ends():
+def test_releases_are_tagged_with_the_event_that_closed_their_window():
     j = Joiner(JoinerConfig(window_ms=100))
-    samples = []
-    for t in range(0, 500, 7):
-        samples += j.add_impression(imp(f"i{t}", t))
-        samples += j.add_click(click(f"i{t - 7}", t))
-    samples += j.flush()
-    assert all(s.final_ts == s.impression.ts + 100 for s in samples)
-    assert all(s.click_ts is None or s.impression.ts <= s.click_ts <= s.final_ts
-               for s in samples)
+    result = j.push([imp("a", 0), imp("b", 50), imp("c", 101)])
+    (release,) = result.releases
+    assert (release.impression.impression_id, release.event, release.phase) == ("a", 2, 0)
+
+
+def test_recent_sequence_holds_only_clicks_strictly_before_the_impression():
+    j = Joiner(JoinerConfig(window_ms=10_000, recent_length=2))
+    j.push([imp("a", 0, item="x", cat="c1"), click("a", 1_000),
+            imp("b", 1_000, item="y", cat="c2"), click("b", 2_000),
+            imp("c", 3_000, item="z", cat="c1"), click("c", 5_000)])
+    rows = j.push([imp("d", 2_000, request="r2"), imp("e", 5_000, request="r3")]).rows
+    # At 2000 only the click at 1000 is strictly earlier (the one at 2000 is not).
+    assert j.features(rows[0]).recent == [("x", "c1", 1.0)]
+    # At 5000: the clicks at 2000 and 1000 (the one at 5000 is simultaneous), newest first.
+    assert j.features(rows[1]).recent == [("y", "c2", 3.0), ("x", "c1", 4.0)]
+
+
+def test_same_category_search_returns_the_most_recent_behaviours_of_that_category():
+    j = Joiner(JoinerConfig(window_ms=10_000, lifelong_top_k=2))
+    events = []
+    for n, (item, cat) in enumerate([("x", "c1"), ("y", "c2"), ("z", "c1"), ("w", "c1")]):
+        events += [imp(f"i{n}", n * 100, item=item, cat=cat), click(f"i{n}", n * 100 + 10)]
+    j.push(events)
+    (row,) = j.push([imp("probe", 1_000, cat="c1")]).rows
+    assert [(i, c) for i, c, _ in j.features(row).same_category] == [("w", "c1"), ("z", "c1")]
+
+
+def test_lifelong_cap_keeps_only_the_users_newest_behaviours():
+    j = Joiner(JoinerConfig(window_ms=10_000, lifelong_cap=2))
+    events = []
+    for n in range(4):
+        events += [imp(f"i{n}", n * 100, item=f"it{n}"), click(f"i{n}", n * 100 + 10)]
+    j.push(events)
+    (row,) = j.push([imp("probe", 1_000)]).rows
+    assert [i for i, _, _ in j.features(row).recent] == ["it3", "it2"]
+
+
+def test_lifelong_ttl_forgets_old_behaviours():
+    j = Joiner(JoinerConfig(window_ms=1_000, lifelong_ttl_ms=5_000))
+    j.push([imp("old", 0, item="old"), click("old", 10), imp("new", 4_000, item="new"),
+            click("new", 4_010)])
+    (row,) = j.push([imp("probe", 6_000)]).rows
+    assert [i for i, _, _ in j.features(row).recent] == ["new"]
+
+
+def test_counting_features_count_only_what_happened_before():
+    j = Joiner(JoinerConfig(window_ms=10_000, count_half_lives_ms=(3_600_000,)))
+    j.push([imp("a", 0, item="x"), imp("b", 0, item="x", request="r1"), click("a", 500)])
+    rows = j.push([imp("c", 1_000, item="x", request="r2"),
+                   imp("d", 1_000, item="x", request="r2")]).rows
+    names = j.count_names
+    for row in rows:  # both see the two earlier impressions and the click, not each other
+        counts = dict(zip(names, j.features(row).counts.tolist(), strict=True))
+        assert counts["item_imps_1h"] == pytest.approx(2.0, rel=1e-3)
+        assert counts["item_clicks_1h"] == pytest.approx(1.0, rel=1e-3)
+        assert counts["user_category_clicks_1h"] == pytest.approx(1.0, rel=1e-3)
+
+
+def test_fnw_mode_releases_a_negative_at_once_and_a_positive_at_the_click():
+    j = Joiner(JoinerConfig(window_ms=1_000, mode="fnw"))
+    result = j.push([imp("a", 0), imp("b", 0, request="r9"), click("a", 300)])
+    kinds = [(r.kind, r.impression.impression_id, r.label, r.event, r.phase)
+             for r in result.releases]
+    assert kinds == [(FNW_NEGATIVE, "a", 0, 0, 1), (FNW_NEGATIVE, "b", 0, 1, 1),
+                     (FNW_POSITIVE, "a", 1, 2, 0)]
+    assert finals(j.flush()) == [("a", 1), ("b", 0)]
+
+
+def test_fnw_weights_match_ktena_et_al():
+    assert fnw_weight(1, 0.25) == pytest.approx(1.25)
+    assert fnw_weight(0, 0.25) == pytest.approx(0.75 * 1.25)
 
 
 @pytest.mark.parametrize(
     "kwargs",
-    [{"window_ms": 0}, {"allowed_lateness_ms": -1}, {"closed_retention_ms": -5}],
+    [{"window_ms": 0}, {"allowed_lateness_ms": -1}, {"closed_retention_ms": -5},
+     {"mode": "eager"}, {"recent_length": 0}, {"count_half_lives_ms": ()}],
 )
 def test_bad_config_is_rejected(kwargs):
     with pytest.raises(ValueError):

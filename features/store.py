@@ -1,0 +1,255 @@
+"""Behaviour store: every click of every user, for recent and lifelong (SIM) sequences.
+
+Each behaviour (user, item, category, event time) is one row of flat arrays, 32
+bytes in all, plus two back-pointers that thread it into two lists:
+
+* the user's list (newest first): the *recent sequence* is its first N entries
+  older than the impression;
+* the user × category list: a SIM-style *hard search* for the impression's
+  category walks K entries of it — O(K), whatever the user's history length.
+
+A user keeps at most ``cap`` behaviours (older ones are skipped, then reclaimed)
+and none older than ``ttl_ms``. Reading for an impression at time ``t`` returns only
+behaviours with event time < ``t``: entries inserted out of order with later
+times are skipped, never returned.
+
+The arrays have a fixed capacity that :meth:`BehaviourStore.reserve` grows from
+Python before a batch (compiled code cannot reallocate them); when they fill up,
+rows a cap or the TTL made unreachable are reclaimed first.
+
+The compiled functions take the store as a tuple of arrays (see ``arrays``) so one
+batch kernel can call them without Python in between.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numba as nb
+import numpy as np
+from numba.typed import Dict
+
+from features.compiled import dict_arrays, fill_dict, get_or, new_dict
+
+__all__ = ["BehaviourStore", "StoreArrays"]
+
+_INT32_MAX = np.iinfo(np.int32).max
+
+
+class StoreArrays(NamedTuple):
+    """The store's state as arrays; ``size[0]`` is the number of rows in use."""
+
+    user: np.ndarray  # int32 (C,)
+    item: np.ndarray  # int32 (C,)
+    cat: np.ndarray  # int32 (C,)
+    ts: np.ndarray  # int64 (C,)
+    prev_user: np.ndarray  # int32 (C,) previous behaviour of the same user, -1: none
+    prev_uc: np.ndarray  # int32 (C,) previous behaviour of the same user and category
+    seq: np.ndarray  # int32 (C,) the behaviour's number in its user's history
+    size: np.ndarray  # int64 (1,)
+    user_head: np.ndarray  # int32 (U,) newest behaviour of each user, -1: none
+    user_total: np.ndarray  # int32 (U,) behaviours ever stored for each user
+    uc_head: Dict  # int64 (user << 32 | cat) -> newest behaviour of that pair
+
+
+@nb.njit(cache=True)
+def uc_key(user: int, cat: int) -> int:
+    return (np.int64(user) << 32) | np.int64(cat)
+
+
+@nb.njit(cache=True)
+def store_add(s: StoreArrays, user: int, item: int, cat: int, ts: int) -> None:
+    """Append one behaviour (capacity must have been reserved)."""
+    row = s.size[0]
+    s.size[0] = row + 1
+    s.user[row] = user
+    s.item[row] = item
+    s.cat[row] = cat
+    s.ts[row] = ts
+    s.prev_user[row] = s.user_head[user]
+    s.user_head[user] = row
+    s.seq[row] = s.user_total[user]
+    s.user_total[user] += 1
+    key = uc_key(user, cat)
+    s.prev_uc[row] = get_or(s.uc_head, key, -1)
+    s.uc_head[key] = row
+
+
+@nb.njit(cache=True)
+def store_read(
+    s: StoreArrays, head: int, by_category: bool, user: int, t: int, n: int, cap: int,
+    ttl_ms: int, slack_ms: int, out_item: np.ndarray, out_cat: np.ndarray, out_age: np.ndarray,
+) -> int:
+    """Write up to ``n`` behaviours older than ``t`` from a list into the outputs; return count.
+
+    ``out_age`` is in seconds (float32). The walk stops at the user's cap, or at an
+    entry older than the TTL by more than ``slack_ms`` (lists are in arrival order,
+    which trails event-time order by at most the allowed lateness).
+    """
+    if head < 0:
+        return 0
+    oldest_seq = s.user_total[user] - cap
+    row = head
+    k = 0
+    while row >= 0 and k < n:
+        if s.seq[row] < oldest_seq or s.ts[row] < t - ttl_ms - slack_ms:
+            break
+        bt = s.ts[row]
+        if bt < t and bt >= t - ttl_ms:
+            out_item[k] = s.item[row]
+            out_cat[k] = s.cat[row]
+            out_age[k] = (t - bt) / 1000.0
+            k += 1
+        row = s.prev_uc[row] if by_category else s.prev_user[row]
+    return k
+
+
+@nb.njit(cache=True)
+def store_recent(s, user, t, n, cap, ttl_ms, slack_ms, out_item, out_cat, out_age) -> int:
+    """The user's last ``n`` behaviours before ``t``, newest first."""
+    if user >= s.user_head.size:
+        return 0
+    return store_read(s, s.user_head[user], False, user, t, n, cap, ttl_ms, slack_ms,
+                      out_item, out_cat, out_age)
+
+
+@nb.njit(cache=True)
+def store_same_category(s, user, cat, t, k, cap, ttl_ms, slack_ms, out_item, out_cat,
+                        out_age) -> int:
+    """Hard search: the user's ``k`` most recent behaviours in ``cat`` before ``t``."""
+    head = get_or(s.uc_head, uc_key(user, cat), -1)
+    return store_read(s, head, True, user, t, k, cap, ttl_ms, slack_ms, out_item, out_cat,
+                      out_age)
+
+
+@nb.njit(cache=True)
+def _live_rows(s: StoreArrays, now: int, cap: int, ttl_ms: int) -> np.ndarray:
+    n = s.size[0]
+    keep = np.empty(n, dtype=np.bool_)
+    for row in range(n):
+        u = s.user[row]
+        keep[row] = s.seq[row] >= s.user_total[u] - cap and s.ts[row] >= now - ttl_ms
+    return keep
+
+
+@nb.njit(cache=True)
+def _remap_pointers(s: StoreArrays, new_index: np.ndarray, n_users: int) -> None:
+    # Pointers to reclaimed rows become -1: lists end where a cap or the TTL ended them.
+    for u in range(n_users):
+        h = s.user_head[u]
+        s.user_head[u] = -1 if h < 0 else new_index[h]
+    keys, rows = dict_arrays(s.uc_head)
+    for j in range(keys.size):
+        moved = new_index[rows[j]]
+        if moved < 0:
+            del s.uc_head[keys[j]]
+        else:
+            s.uc_head[keys[j]] = moved
+
+
+def _remap_chain(prev: np.ndarray, new_index: np.ndarray) -> np.ndarray:
+    out = prev.copy()
+    linked = prev >= 0
+    out[linked] = new_index[prev[linked]]
+    return out
+
+
+class BehaviourStore:
+    """Python owner of the store's arrays: growth, reclamation, snapshots."""
+
+    def __init__(self, cap: int, ttl_ms: int, capacity: int = 1 << 16, users: int = 1 << 12):
+        if cap < 1:
+            raise ValueError(f"cap must be >= 1, got {cap}")
+        if ttl_ms < 1:
+            raise ValueError(f"ttl_ms must be >= 1, got {ttl_ms}")
+        self.cap, self.ttl_ms = cap, ttl_ms
+        uc_head = new_dict()
+        self.arrays = StoreArrays(
+            user=np.zeros(capacity, np.int32), item=np.zeros(capacity, np.int32),
+            cat=np.zeros(capacity, np.int32), ts=np.zeros(capacity, np.int64),
+            prev_user=np.zeros(capacity, np.int32), prev_uc=np.zeros(capacity, np.int32),
+            seq=np.zeros(capacity, np.int32), size=np.zeros(1, np.int64),
+            user_head=np.full(users, -1, np.int32), user_total=np.zeros(users, np.int32),
+            uc_head=uc_head,
+        )
+
+    def __len__(self) -> int:
+        return int(self.arrays.size[0])
+
+    @property
+    def capacity(self) -> int:
+        return self.arrays.user.size
+
+    def reserve(self, rows: int, users: int, now: int) -> None:
+        """Make room for ``rows`` more behaviours and user codes below ``users``."""
+        a = self.arrays
+        if users > a.user_head.size:
+            grow = max(users, a.user_head.size * 3 // 2)
+            a = a._replace(
+                user_head=np.concatenate([a.user_head, np.full(grow - a.user_head.size, -1,
+                                                                np.int32)]),
+                user_total=np.concatenate([a.user_total, np.zeros(grow - a.user_total.size,
+                                                                  np.int32)]),
+            )
+        self.arrays = a
+        if len(self) + rows <= self.capacity:
+            return
+        self._reclaim(now)
+        a = self.arrays
+        needed = len(self) + rows
+        if needed > self.capacity or len(self) > 0.75 * self.capacity:
+            new_capacity = max(needed, self.capacity * 3 // 2)
+            if new_capacity > _INT32_MAX:
+                raise MemoryError("behaviour store exceeds 2**31 rows")
+            self.arrays = a._replace(**{
+                name: np.concatenate([getattr(a, name),
+                                      np.zeros(new_capacity - self.capacity,
+                                               getattr(a, name).dtype)])
+                for name in ("user", "item", "cat", "ts", "prev_user", "prev_uc", "seq")
+            })
+
+    def _reclaim(self, now: int) -> None:
+        """Drop rows no read can reach any more (past the cap or the TTL), in place."""
+        a = self.arrays
+        n = len(self)
+        keep = _live_rows(a, now, self.cap, self.ttl_ms)
+        if keep.all():
+            return
+        new_index = np.full(n, -1, np.int32)
+        kept = np.flatnonzero(keep)
+        new_index[kept] = np.arange(kept.size, dtype=np.int32)
+        prev_user = _remap_chain(a.prev_user[:n], new_index)[kept]
+        prev_uc = _remap_chain(a.prev_uc[:n], new_index)[kept]
+        for name in ("user", "item", "cat", "ts", "seq"):
+            column = getattr(a, name)
+            column[: kept.size] = column[kept]
+        a.prev_user[: kept.size] = prev_user
+        a.prev_uc[: kept.size] = prev_uc
+        _remap_pointers(a, new_index, a.user_head.size)
+        a.size[0] = kept.size
+
+    def state_dict(self) -> dict[str, np.ndarray | int]:
+        """Rows in use, the heads, and the user × category index as key/row arrays."""
+        a, n = self.arrays, len(self)
+        state: dict[str, np.ndarray | int] = {"cap": self.cap, "ttl_ms": self.ttl_ms}
+        for name in ("user", "item", "cat", "ts", "prev_user", "prev_uc", "seq"):
+            state[name] = getattr(a, name)[:n].copy()
+        state["user_head"] = a.user_head.copy()
+        state["user_total"] = a.user_total.copy()
+        state["uc_keys"], state["uc_rows"] = dict_arrays(a.uc_head)
+        return state
+
+    @classmethod
+    def from_state_dict(cls, state: dict[str, np.ndarray | int]) -> BehaviourStore:
+        n = len(state["user"])  # type: ignore[arg-type]
+        store = cls(int(state["cap"]), int(state["ttl_ms"]), capacity=max(n, 1 << 16),
+                    users=max(len(state["user_head"]), 1))  # type: ignore[arg-type]
+        a = store.arrays
+        for name in ("user", "item", "cat", "ts", "prev_user", "prev_uc", "seq"):
+            getattr(a, name)[:n] = state[name]
+        a.user_head[:] = state["user_head"]
+        a.user_total[:] = state["user_total"]
+        a.size[0] = n
+        fill_dict(a.uc_head, state["uc_keys"], state["uc_rows"])  # type: ignore[arg-type]
+        return store
+
