@@ -27,7 +27,7 @@ def new_dict() -> Dict:
     return Dict.empty(types.int64, types.int64)
 
 
-def empty_heap(width: int = 2) -> List:
+def empty_heap(width: int) -> List:
     """An empty typed list of ``width``-tuples of int64, used with ``heapq``."""
     return List.empty_list(types.UniTuple(types.int64, width))
 
@@ -56,9 +56,9 @@ def fill_dict(d: Dict, keys: np.ndarray, values: np.ndarray) -> None:
         d[keys[i]] = values[i]
 
 
-def heap_array(heap: List) -> np.ndarray:
-    """The heap's tuples as rows of an int64 array, in heap order."""
-    return np.array(list(heap), dtype=np.int64).reshape(len(heap), -1)
+def heap_array(heap: List, width: int) -> np.ndarray:
+    """The heap's ``width``-tuples as rows of an int64 array, in heap order."""
+    return np.array(list(heap), dtype=np.int64).reshape(len(heap), width)
 
 
 def fill_heap(heap: List, rows: np.ndarray) -> None:

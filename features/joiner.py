@@ -31,7 +31,7 @@ counts of the user, the item and the user × category pair
 (:mod:`features.counting`). A click is behaviour at its own event time, whether it
 joined in time or late.
 
->>> from features.events import Click, Impression
+>>> from features.events import Click, Impression, decode_click, decode_impression, encode_event
 >>> j = Joiner(JoinerConfig(window_ms=1_000))
 >>> j.push([Impression("i1", "r1", "u1", "it1", "c1", 0, ts=0),
 ...         Click("i1", "u1", ts=900),
@@ -49,17 +49,21 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal, NamedTuple
+from typing import Any, Literal, NamedTuple
 
 import numpy as np
 
 from features import joinkernel as k
 from features.compiled import (
+    dict_arrays,
     empty_heap,
+    fill_dict,
+    fill_heap,
+    heap_array,
     new_dict,
 )
 from features.counting import Counters, counter_names
-from features.events import Click, Impression
+from features.events import Click, Impression, decode_click, decode_impression, encode_event
 from features.ids import Interner, impression_key
 from features.store import BehaviourStore
 
@@ -80,6 +84,7 @@ FINAL, FNW_NEGATIVE, FNW_POSITIVE = k.FINAL, k.FNW_NEGATIVE, k.FNW_POSITIVE
 _KIND_NAMES = {FINAL: "FINAL", FNW_NEGATIVE: "FNW_NEGATIVE", FNW_POSITIVE: "FNW_POSITIVE"}
 HOUR_MS = 3_600_000
 SNAPSHOT_FORMAT = 1
+_HEAP_WIDTH = {"ends": 3, "expiries": 2, "held_expiries": 2}
 
 
 @dataclass(frozen=True, slots=True)
@@ -287,6 +292,13 @@ class Joiner:
                               a.recent_age[row, :n], a.topk_item[row, :m], a.topk_cat[row, :m],
                               a.topk_age[row, :m], a.counts[row], self)
 
+    def impression(self, row: int) -> Impression:
+        """The open impression at feature row ``row``."""
+        imp = self._impressions[row]
+        if imp is None:
+            raise KeyError(f"no open impression at feature row {row}")
+        return imp
+
     @property
     def stats(self) -> JoinStats:
         return JoinStats(*(int(v) for v in self.arrays.stats))
@@ -335,6 +347,66 @@ class Joiner:
         k.process_batch(self.arrays, self.store.arrays, self.counters.arrays,
                         e.kind, e.key, e.user, e.item, e.cat, e.ts, out)
         return out
+
+    # -- snapshots ------------------------------------------------------------------------
+
+    def state_dict(self) -> dict[str, Any]:
+        """All join state as arrays and strings (no pickle): see ``docs/joiner-state.md``."""
+        a = self.arrays
+        state: dict[str, Any] = {"format": SNAPSHOT_FORMAT, "config": a.cfg.copy(),
+                                 "half_lives_ms": np.asarray(self.config.count_half_lives_ms)}
+        for name in k.JoinArrays._fields:
+            value = getattr(a, name)
+            if name in ("index", "held"):
+                state[f"{name}_keys"], state[f"{name}_values"] = dict_arrays(value)
+            elif name in ("ends", "expiries", "held_expiries"):
+                state[name] = heap_array(value, _HEAP_WIDTH[name])
+            elif name != "cfg":
+                state[name] = value.copy()
+        state["users"] = np.array(self.users.values, dtype=str)
+        state["items"] = np.array(self.items.values, dtype=str)
+        state["categories"] = np.array(self.categories.values, dtype=str)
+        open_rows = [r for r, imp in enumerate(self._impressions) if imp is not None]
+        state["open_rows"] = np.array(open_rows, np.int64)
+        state["open_impressions"] = np.array(
+            [encode_event(self._impressions[r]).decode() for r in open_rows], dtype=str)
+        state["held_clicks"] = np.array([encode_event(c).decode() for c in self._held.values()],
+                                        dtype=str)
+        state["store"] = self.store.state_dict()
+        state["counters"] = self.counters.state_dict()
+        return state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore a snapshot taken by :meth:`state_dict` with the same configuration."""
+        if int(state.get("format", -1)) != SNAPSHOT_FORMAT:
+            raise ValueError(f"joiner snapshot format {state.get('format')!r}, "
+                             f"expected {SNAPSHOT_FORMAT}")
+        if not np.array_equal(state["config"], self.config.vector()) or not np.array_equal(
+                state["half_lives_ms"], np.asarray(self.config.count_half_lives_ms)):
+            raise ValueError("joiner snapshot was taken with another configuration")
+        fields: dict[str, Any] = {"cfg": self.config.vector()}
+        for name in k.JoinArrays._fields:
+            if name in ("index", "held"):
+                fields[name] = new_dict()
+                fill_dict(fields[name], state[f"{name}_keys"], state[f"{name}_values"])
+            elif name in ("ends", "expiries", "held_expiries"):
+                fields[name] = empty_heap(_HEAP_WIDTH[name])
+                fill_heap(fields[name], np.asarray(state[name]))
+            elif name != "cfg":
+                fields[name] = np.array(state[name])
+        self.arrays = k.JoinArrays(**fields)
+        self.users = Interner([str(v) for v in state["users"]])
+        self.items = Interner([str(v) for v in state["items"]])
+        self.categories = Interner([str(v) for v in state["categories"]])
+        self._impressions = [None] * self.arrays.recent_len.size
+        for row, raw in zip(state["open_rows"], state["open_impressions"], strict=True):
+            self._impressions[int(row)] = decode_impression(str(raw))
+        self._held = {}
+        for raw in state["held_clicks"]:
+            held = decode_click(str(raw))
+            self._held[impression_key(held.impression_id)] = held
+        self.store = BehaviourStore.from_state_dict(state["store"])
+        self.counters = Counters.from_state_dict(state["counters"])
 
     # -- internals ------------------------------------------------------------------------
 
@@ -397,8 +469,9 @@ class Joiner:
             free_slots=np.arange(slots - 1, -1, -1, dtype=np.int64),
             free_rows=np.arange(rows - 1, -1, -1, dtype=np.int64),
             pending_rows=np.zeros(rows, np.int64),
-            index=new_dict(), ends=empty_heap(3), expiries=empty_heap(), held=new_dict(),
-            held_expiries=empty_heap(),
+            index=new_dict(), ends=empty_heap(_HEAP_WIDTH["ends"]),
+            expiries=empty_heap(_HEAP_WIDTH["expiries"]), held=new_dict(),
+            held_expiries=empty_heap(_HEAP_WIDTH["held_expiries"]),
             recent_item=np.zeros((rows, n), np.int32), recent_cat=np.zeros((rows, n), np.int32),
             recent_age=np.zeros((rows, n), np.float32), recent_len=np.zeros(rows, np.int32),
             topk_item=np.zeros((rows, kk), np.int32), topk_cat=np.zeros((rows, kk), np.int32),

@@ -1,13 +1,18 @@
-"""Learner checkpoints on disk: one ``.npz`` per learner, a JSON manifest, no pickle.
+"""Checkpoints on disk: one ``.npz`` per stateful part, a JSON manifest, no pickle.
 
 Layout of a checkpoint folder::
 
-    manifest.json        {"format": 1, "learners": ["ftrl", ...], "written_at_ms": ...}
-    learners/ftrl.npz    the learner's state_dict, nested keys joined with "/"
+    manifest.json     {"format": 2, "parts": ["engine", "learner.ftrl"],
+                       "offsets": {"impressions/0": 1234, ...}, "written_at_ms": ...}
+    engine.npz        each part's state_dict(), nested keys joined with "/"
+    learner.ftrl.npz
 
-A checkpoint is written to a sibling temporary folder and renamed into place, so
-a crash mid-write leaves the previous checkpoint intact. Arrays are loaded with
-``allow_pickle=False``: a checkpoint cannot execute code.
+A part is anything with ``state_dict()`` / ``load_state_dict(d)`` whose state is
+arrays, numbers and strings. ``offsets`` are the next offsets to read, saved in the
+same atomic write as the state they belong to, so a restart resumes exactly where
+the saved state ends. A checkpoint is written to a sibling temporary folder and
+renamed into place: a crash mid-write leaves the previous one intact. Arrays are
+loaded with ``allow_pickle=False``: a checkpoint cannot execute code.
 
 >>> import tempfile, numpy as np
 >>> class Tiny:
@@ -16,8 +21,10 @@ a crash mid-write leaves the previous checkpoint intact. Arrays are loaded with
 ...     def load_state_dict(self, d): self.w = d["w"]; self.meta = d["meta"]
 >>> folder = tempfile.mkdtemp()
 >>> a = Tiny(); a.w[:] = [1.5, -2.0]
->>> save_learners(folder, {"tiny": a})
->>> b = Tiny(); load_learners(folder, {"tiny": b}); b.w.tolist(), b.meta
+>>> save_checkpoint(folder, {"tiny": a}, offsets={"clicks/0": 7})
+>>> b = Tiny(); load_checkpoint(folder, {"tiny": b})
+{'clicks/0': 7}
+>>> b.w.tolist(), b.meta
 ([1.5, -2.0], {'steps': 3, 'name': 't'})
 """
 
@@ -28,39 +35,51 @@ import shutil
 import time
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
-from learners import Learner
+__all__ = [
+    "CheckpointError",
+    "Stateful",
+    "has_checkpoint",
+    "load_checkpoint",
+    "save_checkpoint",
+]
 
-__all__ = ["CheckpointError", "has_checkpoint", "load_learners", "save_learners"]
-
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 _SEP = "/"
 
 
+class Stateful(Protocol):
+    def state_dict(self) -> Mapping[str, Any]: ...
+
+    def load_state_dict(self, d: dict[str, Any]) -> None: ...
+
+
 class CheckpointError(RuntimeError):
-    """A checkpoint that cannot be written or does not fit the learners it should restore."""
+    """A checkpoint that cannot be read or does not fit the parts it should restore."""
 
 
 def has_checkpoint(folder: str | Path) -> bool:
     return (Path(folder) / "manifest.json").is_file()
 
 
-def save_learners(folder: str | Path, learners: Mapping[str, Learner]) -> None:
-    """Atomically replace the checkpoint in ``folder`` with the learners' current state."""
+def save_checkpoint(
+    folder: str | Path, parts: Mapping[str, Stateful], offsets: Mapping[str, int] | None = None
+) -> None:
+    """Atomically replace the checkpoint in ``folder`` with the parts' state and offsets."""
     target = Path(folder)
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = target.with_name(f".{target.name}.tmp")
     shutil.rmtree(staging, ignore_errors=True)
-    (staging / "learners").mkdir(parents=True)
-    for name, learner in learners.items():
-        flat = _flatten(learner.state_dict())
-        np.savez(staging / "learners" / f"{name}.npz", **flat)
+    staging.mkdir(parents=True)
+    for name, part in parts.items():
+        np.savez(staging / f"{name}.npz", **_flatten(part.state_dict()))
     manifest = {
         "format": FORMAT_VERSION,
-        "learners": sorted(learners),
+        "parts": sorted(parts),
+        "offsets": dict(offsets or {}),
         "written_at_ms": int(time.time() * 1000),
     }
     (staging / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
@@ -72,8 +91,8 @@ def save_learners(folder: str | Path, learners: Mapping[str, Learner]) -> None:
     shutil.rmtree(previous, ignore_errors=True)
 
 
-def load_learners(folder: str | Path, learners: Mapping[str, Learner]) -> None:
-    """Restore every learner from the checkpoint in ``folder``; all must be present."""
+def load_checkpoint(folder: str | Path, parts: Mapping[str, Stateful]) -> dict[str, int]:
+    """Restore every part from the checkpoint in ``folder``; return the saved offsets."""
     root = Path(folder)
     try:
         manifest = json.loads((root / "manifest.json").read_text())
@@ -83,12 +102,17 @@ def load_learners(folder: str | Path, learners: Mapping[str, Learner]) -> None:
         raise CheckpointError(
             f"{root}: checkpoint format {manifest.get('format')!r}, expected {FORMAT_VERSION}"
         )
-    missing = sorted(set(learners) - set(manifest.get("learners", [])))
+    missing = sorted(set(parts) - set(manifest.get("parts", [])))
     if missing:
-        raise CheckpointError(f"{root}: no state for learner(s) {', '.join(missing)}")
-    for name, learner in learners.items():
-        with np.load(root / "learners" / f"{name}.npz", allow_pickle=False) as npz:
-            learner.load_state_dict(_unflatten({k: npz[k] for k in npz.files}))
+        raise CheckpointError(f"{root}: no state for {', '.join(missing)}")
+    for name, part in parts.items():
+        with np.load(root / f"{name}.npz", allow_pickle=False) as npz:
+            state = _unflatten({k: npz[k] for k in npz.files})
+        try:
+            part.load_state_dict(state)
+        except (ValueError, KeyError) as exc:
+            raise CheckpointError(f"{root}: {name} does not fit: {exc}") from None
+    return {str(k): int(v) for k, v in manifest.get("offsets", {}).items()}
 
 
 def _flatten(state: Mapping[str, Any], prefix: str = "") -> dict[str, np.ndarray]:

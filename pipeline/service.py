@@ -8,20 +8,29 @@ and learners as ``streamctr replay``) → Prometheus metrics, optional
 
 Lifecycle. :meth:`Service.request_stop` (wired to SIGTERM/SIGINT by the CLI) is
 safe from a signal handler: it only sets a flag that the loop checks between
-polls, so a stop takes at most one poll timeout plus the shutdown. On a stop the
-service, in this order, (1) writes the learner checkpoint, (2) flushes the
-producers (DLQ, samples), (3) commits the offsets of the records it has
-*processed* (never those only buffered in the merge), then closes the consumer
-and the metrics endpoint. Checkpoints are also written every
-``checkpoint_interval_s`` while running.
+polls, so a stop takes at most one poll timeout plus the shutdown. A checkpoint
+is taken every ``checkpoint_interval_s`` and on stop, in this order:
+
+1. flush the producers, so every DLQ and samples record of processed input is
+   acknowledged;
+2. write the checkpoint — learners, the engine (joiner state: open windows, held
+   clicks, behaviour store, counters; open impressions' scores) and the offsets of
+   the records *processed* (never those only buffered in the merge) — in one
+   atomic rename;
+3. commit those offsets to the consumer group (for lag monitoring and for a
+   restart without a checkpoint folder).
+
+On start the service restores the checkpoint and, as partitions are assigned,
+seeks them to the checkpoint's offsets, so its state and its input position
+always belong together.
 
 With ``max_events`` the service stops after that many records as if the input had
 ended: the merge is drained and every open window closes, so its metrics cover
 the same samples a replay of those records would.
 
-Known limit of this first version: the joiner's open windows are not part of the
-checkpoint, so after a restart clicks on impressions read before the stop count as
-orphans (joiner snapshots come with the joiner's persistence work).
+One service instance owns all partitions of its topics: the joiner's state is
+not split per partition, so several instances in one group would each see only
+part of a user's behaviour.
 """
 
 from __future__ import annotations
@@ -35,13 +44,13 @@ from pathlib import Path
 from typing import Any
 
 import msgspec
-from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+from kafka import ConsumerRebalanceListener, KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.structs import OffsetAndMetadata
 
 from features.events import Click, Impression, InvalidEvent, decode_click, decode_impression
 from features.joiner import JoinerConfig
 from learners import Learner, make_learner
-from pipeline.checkpoint import has_checkpoint, load_learners, save_learners
+from pipeline.checkpoint import has_checkpoint, load_checkpoint, save_checkpoint
 from pipeline.merge import EventTimeMerger
 from pipeline.telemetry import ServiceMetrics
 from replay.engine import OnlineEngine, Outcome, OutcomeCallback
@@ -107,6 +116,24 @@ class _Record:
     offset: int
 
 
+class _SeekToCheckpoint(ConsumerRebalanceListener):
+    """On assignment, move each partition to where the restored state ends."""
+
+    def __init__(self, service: Service) -> None:
+        self._service = service
+
+    def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
+        pass
+
+    def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
+        service = self._service
+        assert service._consumer is not None
+        for tp in assigned:
+            offset = service._resume.get(f"{tp.topic}/{tp.partition}")
+            if offset is not None and tp not in service._processed:
+                service._consumer.seek(tp, offset)
+
+
 class Service:
     """The consumer service; construct, then :meth:`run` (blocks) and :meth:`request_stop`."""
 
@@ -119,9 +146,6 @@ class Service:
     ) -> None:
         self.config = config
         self.learners: dict[str, Learner] = {name: make_learner(name) for name in config.learners}
-        if config.checkpoint_dir is not None and has_checkpoint(config.checkpoint_dir):
-            load_learners(config.checkpoint_dir, self.learners)
-            log.info("restored learners from %s", config.checkpoint_dir)
         self.metrics = ServiceMetrics(self.learners, window=config.rolling_window)
         callbacks = [self.metrics.on_outcome, *extra_outcome_callbacks]
         if config.publish_samples:
@@ -129,6 +153,10 @@ class Service:
         self.engine = OnlineEngine(
             self.learners, config.joiner, on_outcome=callbacks, on_orphan=[self._reject_orphan]
         )
+        self._resume: dict[str, int] = {}  # "topic/partition" -> next offset to read
+        if config.checkpoint_dir is not None and has_checkpoint(config.checkpoint_dir):
+            self._resume = load_checkpoint(config.checkpoint_dir, self._stateful_parts())
+            log.info("restored state from %s", config.checkpoint_dir)
         self._on_progress = on_progress
         self._stop = threading.Event()
         self._stopped_by = "max-events"
@@ -168,7 +196,8 @@ class Service:
             session_timeout_ms=10_000,
             heartbeat_interval_ms=1_000,
         )
-        self._consumer.subscribe([cfg.topics.impressions, cfg.topics.clicks])
+        self._consumer.subscribe([cfg.topics.impressions, cfg.topics.clicks],
+                                 listener=_SeekToCheckpoint(self))
         try:
             self._loop()
         finally:
@@ -311,12 +340,18 @@ class Service:
         for topic, records in lag.items():
             self.metrics.consumer_lag.labels(topic).set(records)
 
+    def _stateful_parts(self) -> dict[str, Any]:
+        return {"engine": self.engine,
+                **{f"learner.{name}": learner for name, learner in self.learners.items()}}
+
     def _checkpoint(self) -> None:
-        """Learner state first, then producers flushed, then processed offsets committed."""
-        if self.config.checkpoint_dir is not None:
-            save_learners(self.config.checkpoint_dir, self.learners)
+        """Producers flushed, then state + processed offsets saved, then offsets committed."""
         assert self._producer is not None and self._consumer is not None
         self._producer.flush()
+        if self.config.checkpoint_dir is not None:
+            offsets = {**self._resume,
+                       **{f"{tp.topic}/{tp.partition}": o for tp, o in self._processed.items()}}
+            save_checkpoint(self.config.checkpoint_dir, self._stateful_parts(), offsets)
         if self._processed:
             self._consumer.commit(
                 {tp: OffsetAndMetadata(offset, "", -1) for tp, offset in self._processed.items()}

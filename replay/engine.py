@@ -24,6 +24,9 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
 
 from features.events import Click, Impression
 from features.featurize import impression_features
@@ -100,6 +103,30 @@ class OnlineEngine:
         for release in result.releases:
             self._settle(release)
         self._hand_back(result.orphans)
+
+    def state_dict(self) -> dict[str, Any]:
+        """The joiner's state and each open impression's scores (learners save their own)."""
+        rows = sorted(self._open)
+        names = list(self.learners)
+        return {
+            "joiner": self.joiner.state_dict(),
+            "learners": np.array(names, dtype=str),
+            "open_rows": np.array(rows, np.int64),
+            "open_scores": np.array([[self._open[r][1][n] for n in names] for r in rows],
+                                    np.float64).reshape(len(rows), len(names)),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict`; features of open impressions are recomputed, not stored."""
+        names = [str(n) for n in state["learners"]]
+        if names != list(self.learners):
+            raise ValueError(f"engine state is for learners {names}, not {list(self.learners)}")
+        self.joiner.load_state_dict(state["joiner"])
+        self._open = {}
+        for row, scores in zip(state["open_rows"].tolist(), state["open_scores"], strict=True):
+            imp = self.joiner.impression(row)
+            x = self.featurize(imp, self.joiner.features(row))
+            self._open[row] = (x, dict(zip(names, scores.tolist(), strict=True)))
 
     def _score(self, imp: Impression, row: int) -> None:
         x = self.featurize(imp, self.joiner.features(row))

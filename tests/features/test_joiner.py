@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from features.events import Click, Impression
@@ -222,3 +223,53 @@ def test_fnw_weights_match_ktena_et_al():
 def test_bad_config_is_rejected(kwargs):
     with pytest.raises(ValueError):
         JoinerConfig(**kwargs)
+
+
+def _stream(n: int, start: int = 0) -> list:
+    events = []
+    for t in range(start, start + n * 100, 100):
+        u, c = f"u{t % 7}", f"c{t % 3}"
+        events.append(imp(f"i{t}", t, user=u, item=f"it{t % 11}", cat=c, request=f"r{t}"))
+        if t % 300 == 0:
+            events.append(click(f"i{t}", t + 150, user=u))
+    events.append(click(f"ghost{start}", start + 50))  # held, then orphan
+    return sorted(events, key=lambda e: e.ts)
+
+
+def test_restored_snapshot_continues_exactly_like_the_original():
+    config = JoinerConfig(window_ms=1_000, recent_length=5, lifelong_top_k=3)
+    original = Joiner(config)
+    original.push(_stream(50))
+    restored = Joiner(config)
+    restored.load_state_dict(original.state_dict())
+    later = _stream(50, start=5_000)
+    a, b = original.push(later), restored.push(later)
+    assert a.releases == b.releases and a.orphans == b.orphans
+    for row_a, row_b in zip(a.rows, b.rows, strict=True):
+        if row_a >= 0:
+            fa, fb = original.features(row_a), restored.features(row_b)
+            assert fa.recent == fb.recent and fa.same_category == fb.same_category
+            assert fa.counts.tolist() == fb.counts.tolist()
+    assert original.flush().releases == restored.flush().releases
+    assert original.stats == restored.stats
+
+
+def test_snapshot_holds_only_arrays_and_strings():
+    j = Joiner(JoinerConfig(window_ms=1_000))
+    j.push(_stream(20))
+
+    def leaves(state):
+        for value in state.values():
+            if isinstance(value, dict):
+                yield from leaves(value)
+            else:
+                yield value
+
+    assert all(isinstance(v, np.ndarray | int) for v in leaves(j.state_dict()))
+
+
+def test_snapshot_from_another_configuration_is_refused():
+    j = Joiner(JoinerConfig(window_ms=1_000))
+    j.push(_stream(5))
+    with pytest.raises(ValueError, match="another configuration"):
+        Joiner(JoinerConfig(window_ms=2_000)).load_state_dict(j.state_dict())

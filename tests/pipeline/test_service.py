@@ -13,6 +13,7 @@ import time
 import urllib.request
 from pathlib import Path
 
+import polars as pl
 import pytest
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
@@ -176,3 +177,42 @@ def test_sigterm_stops_the_serve_command_within_seconds(kafka_bootstrap, kafka_t
     assert proc.returncode == 0, err
     assert "stopped (SIGTERM)" in out
     assert took < 10
+
+
+def test_restart_from_checkpoint_continues_exactly_where_it_stopped(
+    kafka_bootstrap, kafka_topics, stream_dir, tmp_path
+):
+    topics = topics_of(kafka_topics)
+    produced = produce_folder(stream_dir, kafka_bootstrap, topics=topics, show_progress=False)
+    total = produced.impressions + produced.clicks
+    ckpt = tmp_path / "ckpt"
+    group = f"g-{topics.impressions}"
+    first = OutcomeRecorder(("ftrl",))
+    seen = 0
+
+    def stop_midway(n: int) -> None:
+        nonlocal seen
+        seen += n
+        if seen >= total // 2:
+            service.request_stop("test")
+
+    service = Service(ServiceConfig(bootstrap=kafka_bootstrap, metrics_port=None, topics=topics,
+                                    group_id=group, joiner=JOIN, checkpoint_dir=ckpt),
+                      extra_outcome_callbacks=[first], on_progress=stop_midway)
+    summary = service.run()
+    assert summary.stopped_by == "test"
+    assert len(first) > 0 and service.engine.joiner.open_windows > 0
+
+    offsets = json.loads((ckpt / "manifest.json").read_text())["offsets"]
+    processed = sum(offsets.values())
+    second = OutcomeRecorder(("ftrl",))
+    resumed = Service(ServiceConfig(bootstrap=kafka_bootstrap, metrics_port=None, topics=topics,
+                                    group_id=group, joiner=JOIN, checkpoint_dir=ckpt,
+                                    max_events=total - processed),
+                      extra_outcome_callbacks=[second])
+    resumed.run()
+
+    replayed = run_replay(stream_dir, ["ftrl"], None, joiner_config=JOIN, show_progress=False)
+    both = pl.concat([first.to_frame(), second.to_frame()])
+    assert both["impression_id"].to_list() == replayed.outcomes["impression_id"].to_list()
+    assert both["score_ftrl"].to_list() == replayed.outcomes["score_ftrl"].to_list()
