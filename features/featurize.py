@@ -13,9 +13,10 @@ Names are ``field=value`` strings with value 1.0; learners hash the names.
 >>> from features.events import Click, Impression
 >>> from features.joiner import Joiner
 >>> j = Joiner()
->>> _ = j.push([Impression("i0", "r0", "u7", "it1", "c2", 0, 0), Click("i0", "u7", 10)])
 >>> imp = Impression("i1", "r1", "u7", "it3", "c2", 1, 1000, {"device": "ios"})
->>> sorted(impression_features(imp, j.features(j.push([imp]).rows[0])))
+>>> _ = j.push([Impression("i0", "r0", "u7", "it1", "c2", 0, 0), Click("i0", "u7", 10), imp])
+>>> row = j.settle().rows[0]  # the newest event waits for a newer one, or for settle()
+>>> sorted(impression_features(imp, j.features(row)))
 ... # doctest: +NORMALIZE_WHITESPACE
 ['bias', 'category=c2', 'category×ctx.device=c2|ios', 'ctx.device=ios', 'item=it3',
  'item×position=it3|1', 'position=1', 'recent_category=c2', 'same_category_clicks=1',

@@ -5,6 +5,12 @@ The one joiner of replay and service. An impression opens an attribution window
 the watermark (newest event time seen minus ``allowed_lateness_ms``) passes the
 window's end, the sample's label is final and it is released (``FINAL``).
 
+Events are processed in event-time order, not arrival order: an event waits until
+the watermark passes it, then all due events are taken in (time, impressions
+first, impression key) order. So results do not depend on arrival order or on how
+events are batched, as long as each event arrives within the allowed lateness;
+one that arrives later is processed at once, as a late event.
+
 Delayed-feedback modes (``JoinerConfig.mode``):
 
 * ``wait`` — learners train on ``FINAL`` releases: correct labels, every sample
@@ -31,14 +37,17 @@ counts of the user, the item and the user × category pair
 (:mod:`features.counting`). A click is behaviour at its own event time, whether it
 joined in time or late.
 
->>> from features.events import Click, Impression, decode_click, decode_impression, encode_event
+>>> from features.events import Click, Impression
 >>> j = Joiner(JoinerConfig(window_ms=1_000))
 >>> j.push([Impression("i1", "r1", "u1", "it1", "c1", 0, ts=0),
 ...         Click("i1", "u1", ts=900),
 ...         Impression("i2", "r2", "u1", "it2", "c1", 0, ts=1_500)]).releases
-[Release(FINAL i1 label=1 at 1000, event 2)]
->>> j.features(j.push([Impression("i3", "r3", "u1", "it3", "c1", 0, ts=1_600)]).rows[0]).recent
-[('it1', 'c1', 0.7)]
+[Release(FINAL i1 label=1 at 1000, event -1)]
+>>> result = j.push([Impression("i3", "r3", "u1", "it3", "c1", 0, ts=1_600)])
+>>> [e.impression_id for e in result.events]  # i3 waits: nothing newer has been seen
+['i2']
+>>> j.features(result.rows[0]).recent
+[('it1', 'c1', 0.6)]
 >>> [(r.impression.impression_id, r.label) for r in j.flush().releases]
 [('i2', 0), ('i3', 0)]
 >>> j.stats.clicks_joined, j.stats.samples_positive, j.stats.samples_negative
@@ -187,8 +196,10 @@ class Release:
 
 @dataclass(frozen=True)
 class JoinResult:
-    """What a push did: per event status and feature row, releases in order, orphans."""
+    """What a call processed: the events in processing order, each one's status and
+    feature row (for a new impression, else -1), the releases in order, the orphans."""
 
+    events: list[Impression | Click]
     status: np.ndarray
     rows: np.ndarray
     releases: list[Release]
@@ -249,40 +260,70 @@ class Joiner:
         self.arrays = self._new_arrays(slots=1024, rows=1024)
         self._impressions: list[Impression | None] = [None] * 1024  # by feature row
         self._held: dict[int, Click] = {}  # originals of held clicks, by impression key
+        # Events not yet due (newer than the newest time seen minus the allowed lateness).
+        self._no_events = EncodedEvents(np.empty(0, np.int8), np.empty(0, np.int64),
+                                        np.empty(0, np.int32), np.empty(0, np.int32),
+                                        np.empty(0, np.int32), np.empty(0, np.int64))
+        self._waiting = self._no_events
+        self._waiting_events: list[Impression | Click] = []
+        self._max_seen = -1
 
     # -- the public surface -------------------------------------------------------------
 
     def push(self, events: Sequence[Impression | Click]) -> JoinResult:
-        """Join a batch of events (in arrival order); see :class:`Release` for the order."""
+        """Join a batch of events given in arrival order.
+
+        Events are processed once no event within the allowed lateness can still come
+        before them: everything older than the newest event time seen minus
+        ``allowed_lateness_ms``, in (time, impressions first, impression key) order;
+        the rest waits for a later push, :meth:`advance` or :meth:`flush`. The result
+        lists the events processed by this call, in the order they were processed.
+        """
         encoded = self.encode(events)
-        out = self.process(encoded)
-        rows = out.row
-        impressions = self._impressions
-        joined_held = []
-        for i, event in enumerate(events):
-            status = out.status[i]
-            if status == k.IMP_NEW or status == k.IMP_NEW_JOINED_HELD:
-                impressions[rows[i]] = event  # type: ignore[assignment]
-                if status == k.IMP_NEW_JOINED_HELD:
-                    joined_held.append(int(encoded.key[i]))
-            elif status == k.CLICK_HELD:
-                self._held[int(encoded.key[i])] = event  # type: ignore[assignment]
-        result = self._result(out, events)  # may hand back held clicks as orphans
-        for key in joined_held:
-            self._held.pop(key, None)
-        return result
+        if encoded.ts.size:
+            self._max_seen = max(self._max_seen, int(encoded.ts.max()))
+        bound = self._max_seen - self.config.allowed_lateness_ms
+        due, due_events = self._take_due(encoded, list(events), bound)
+        return self._run(due, due_events, until=bound, final=False)
 
     def advance(self, ts: int) -> JoinResult:
-        """Move event time to ``ts`` with no event (an idle stream's clock)."""
-        out = self._output(0)
-        k.advance_to(self.arrays, out, ts)
-        return self._result(out, ())
+        """Event time is now ``ts`` (an idle stream's clock): process and close what is due."""
+        self._max_seen = max(self._max_seen, ts)
+        bound = self._max_seen - self.config.allowed_lateness_ms
+        due, due_events = self._take_due(self._no_events, [], bound)
+        return self._run(due, due_events, until=bound, final=False)
+
+    def settle(self) -> JoinResult:
+        """The input is idle: also process the events *at* the watermark.
+
+        They otherwise wait for a newer event, so that simultaneous events are taken
+        together in a fixed order; when no newer event is coming soon (a live stream
+        that caught up), waiting would only delay them.
+        """
+        bound = self._max_seen - self.config.allowed_lateness_ms
+        due, due_events = self._take_due(self._no_events, [], bound + 1)
+        return self._run(due, due_events, until=bound, final=False)
+
+    @property
+    def waiting(self) -> int:
+        """Events received but not yet due."""
+        return int(self._waiting.ts.size)
 
     def flush(self) -> JoinResult:
-        """End of input: every window closes, every held click becomes an orphan."""
-        out = self._output(0)
-        k.flush(self.arrays, out)
-        return self._result(out, ())
+        """End of input: process what waits, close every window, give up on held clicks."""
+        due, due_events = self._take_due(self._no_events, [], None)
+        return self._run(due, due_events, until=-1, final=True)
+
+    def process(self, encoded: EncodedEvents) -> tuple[k.BatchOutput, EncodedEvents]:
+        """The array-only form of :meth:`push` (no event objects, no releases decoded).
+
+        Returns the kernel's output and the events it processed, in that order.
+        """
+        if encoded.ts.size:
+            self._max_seen = max(self._max_seen, int(encoded.ts.max()))
+        bound = self._max_seen - self.config.allowed_lateness_ms
+        due, _ = self._take_due(encoded, None, bound)
+        return self._kernel(due, until=bound, final=False), due
 
     def features(self, row: int) -> JoinedFeatures:
         """Features of the impression at feature row ``row`` (valid until the next push)."""
@@ -339,15 +380,6 @@ class Joiner:
                 kind[i] = k.CLICK
         return EncodedEvents(kind, key, user, item, cat, ts)
 
-    def process(self, e: EncodedEvents) -> k.BatchOutput:
-        """Run encoded events through the kernel; the low-level form of :meth:`push`."""
-        n_imp = int(np.count_nonzero(e.kind == k.IMPRESSION))
-        self._reserve(n_imp, len(e.kind))
-        out = self._output(len(e.kind))
-        k.process_batch(self.arrays, self.store.arrays, self.counters.arrays,
-                        e.kind, e.key, e.user, e.item, e.cat, e.ts, out)
-        return out
-
     # -- snapshots ------------------------------------------------------------------------
 
     def state_dict(self) -> dict[str, Any]:
@@ -372,6 +404,10 @@ class Joiner:
             [encode_event(self._impressions[r]).decode() for r in open_rows], dtype=str)
         state["held_clicks"] = np.array([encode_event(c).decode() for c in self._held.values()],
                                         dtype=str)
+        state["waiting_events"] = np.array(
+            [encode_event(e).decode() for e in self._waiting_events], dtype=str)
+        state["waiting_kinds"] = self._waiting.kind.copy()
+        state["max_seen"] = np.array(self._max_seen, np.int64)
         state["store"] = self.store.state_dict()
         state["counters"] = self.counters.state_dict()
         return state
@@ -407,8 +443,60 @@ class Joiner:
             self._held[impression_key(held.impression_id)] = held
         self.store = BehaviourStore.from_state_dict(state["store"])
         self.counters = Counters.from_state_dict(state["counters"])
+        self._max_seen = int(state["max_seen"])
+        self._waiting_events = [
+            decode_impression(str(raw)) if kind == k.IMPRESSION else decode_click(str(raw))
+            for raw, kind in zip(state["waiting_events"], state["waiting_kinds"], strict=True)]
+        # Re-encoding interns nothing new: every waiting id was interned on arrival.
+        self._waiting = self.encode(self._waiting_events)
 
     # -- internals ------------------------------------------------------------------------
+
+    def _take_due(
+        self, new: EncodedEvents, new_events: list[Impression | Click] | None, bound: int | None
+    ) -> tuple[EncodedEvents, list[Impression | Click]]:
+        """Merge ``new`` into the waiting events; take those older than ``bound`` (all: None)."""
+        waiting = EncodedEvents(*(np.concatenate([w, n]) for w, n in zip(self._waiting, new,
+                                                                        strict=True)))
+        waiting_events = self._waiting_events + (new_events or [])
+        due = (np.ones(waiting.ts.size, bool) if bound is None else waiting.ts < bound)
+        picked = np.flatnonzero(due)
+        order = picked[np.lexsort((waiting.key[picked], waiting.kind[picked],
+                                   waiting.ts[picked]))]
+        rest = np.flatnonzero(~due)
+        self._waiting = EncodedEvents(*(column[rest] for column in waiting))
+        if new_events is None:
+            return EncodedEvents(*(column[order] for column in waiting)), []
+        self._waiting_events = [waiting_events[i] for i in rest]
+        return (EncodedEvents(*(column[order] for column in waiting)),
+                [waiting_events[i] for i in order])
+
+    def _kernel(self, e: EncodedEvents, until: int, final: bool) -> k.BatchOutput:
+        n_imp = int(np.count_nonzero(e.kind == k.IMPRESSION))
+        self._reserve(n_imp, len(e.kind))
+        out = self._output(len(e.kind))
+        k.process_batch(self.arrays, self.store.arrays, self.counters.arrays,
+                        e.kind, e.key, e.user, e.item, e.cat, e.ts, out, until, final)
+        return out
+
+    def _run(self, due: EncodedEvents, events: list[Impression | Click], until: int,
+             final: bool) -> JoinResult:
+        out = self._kernel(due, until, final)
+        rows = out.row
+        impressions = self._impressions
+        joined_held = []
+        for i, event in enumerate(events):
+            status = out.status[i]
+            if status == k.IMP_NEW or status == k.IMP_NEW_JOINED_HELD:
+                impressions[rows[i]] = event  # type: ignore[assignment]
+                if status == k.IMP_NEW_JOINED_HELD:
+                    joined_held.append(int(due.key[i]))
+            elif status == k.CLICK_HELD:
+                self._held[int(due.key[i])] = event  # type: ignore[assignment]
+        result = self._result(out, events)  # may hand back held clicks as orphans
+        for key in joined_held:
+            self._held.pop(key, None)
+        return result
 
     def _result(self, out: k.BatchOutput, events: Sequence[Impression | Click]) -> JoinResult:
         n_rel, n_orph = int(out.counts[0]), int(out.counts[1])
@@ -428,8 +516,8 @@ class Joiner:
             event = int(out.orphan_event[o])
             key = int(out.orphan_key[o])
             orphans.append(events[event] if event >= 0 else self._held.pop(key))
-        return JoinResult(out.status[: len(events)], out.row[: len(events)], releases,
-                          orphans)  # type: ignore[arg-type]
+        return JoinResult(list(events), out.status[: len(events)], out.row[: len(events)],
+                          releases, orphans)  # type: ignore[arg-type]
 
     def _output(self, batch: int) -> k.BatchOutput:
         a = self.arrays

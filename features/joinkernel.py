@@ -166,12 +166,12 @@ def _advance(j, out, watermark, event, flush):
 
 @nb.njit(cache=True)
 def _tick(j, out, ts, event):
+    # Allowed lateness is applied before the kernel (events arrive here in order, up to
+    # the few that came later than it), so the watermark is the newest event time.
     if ts > j.clock[K_MAX_TS]:
         j.clock[K_MAX_TS] = ts
-        watermark = ts - j.cfg[C_LATENESS]
-        if watermark > j.clock[K_WATERMARK]:
-            j.clock[K_WATERMARK] = watermark
-            _advance(j, out, watermark, event, False)
+        j.clock[K_WATERMARK] = ts
+        _advance(j, out, ts, event, False)
 
 
 @nb.njit(cache=True)
@@ -229,7 +229,7 @@ def _impression(j, store, counters, out, i, key, user, item, cat, ts):
     # Equal window ends close in arrival order, whatever slot numbers were free.
     heapq.heappush(j.ends, (ts + j.cfg[C_WINDOW], j.stats[S_IMPS], slot))
     # Features as of ts (strictly earlier behaviour), then the impression is counted.
-    cap, ttl, slack = j.cfg[C_CAP], j.cfg[C_TTL], j.cfg[C_LATENESS]
+    cap, ttl, slack = j.cfg[C_CAP], j.cfg[C_TTL], j.cfg[C_LATENESS]  # slack: arrival vs ts
     j.recent_len[row] = store_recent(store, user, ts, j.cfg[C_RECENT], cap, ttl, slack,
                                      j.recent_item[row], j.recent_cat[row], j.recent_age[row])
     j.topk_len[row] = store_same_category(store, user, cat, ts, j.cfg[C_TOPK], cap, ttl, slack,
@@ -281,8 +281,14 @@ def _recycle_rows(j):
 
 @nb.njit(cache=True)
 def process_batch(j: JoinArrays, store: StoreArrays, counters: CounterArrays,
-                  kind, key, user, item, cat, ts, out: BatchOutput) -> None:
-    """Run a batch of events through the joiner (capacity reserved by the caller)."""
+                  kind, key, user, item, cat, ts, out: BatchOutput, until: int,
+                  final: bool) -> None:
+    """Run a batch of events through the joiner, then move event time to ``until``.
+
+    ``final`` closes every window and gives up on every held click afterwards (end
+    of input). Releases caused by ``until`` or ``final`` carry event index -1.
+    Capacity must have been reserved by the caller.
+    """
     _recycle_rows(j)
     out.counts[:] = 0
     for i in range(kind.size):
@@ -292,19 +298,6 @@ def process_batch(j: JoinArrays, store: StoreArrays, counters: CounterArrays,
             _impression(j, store, counters, out, i, key[i], user[i], item[i], cat[i], ts[i])
         else:
             _click(j, store, counters, out, i, key[i], ts[i])
-
-
-@nb.njit(cache=True)
-def advance_to(j: JoinArrays, out: BatchOutput, ts: int) -> None:
-    """Move event time to ``ts`` without an event; releases carry event index -1."""
-    _recycle_rows(j)
-    out.counts[:] = 0
-    _tick(j, out, ts, -1)
-
-
-@nb.njit(cache=True)
-def flush(j: JoinArrays, out: BatchOutput) -> None:
-    """End of input: every window closes, every held click becomes an orphan."""
-    _recycle_rows(j)
-    out.counts[:] = 0
-    _advance(j, out, 0, -1, True)
+    _tick(j, out, until, -1)
+    if final:
+        _advance(j, out, 0, -1, True)

@@ -85,6 +85,7 @@ class ServiceConfig:
     joiner: JoinerConfig = field(default_factory=JoinerConfig)
     publish_samples: bool = False
     poll_timeout_ms: int = 200
+    max_poll_records: int = 5_000
     checkpoint_interval_s: float = 60.0
     max_buffered_per_partition: int = 50_000
     rolling_window: int = 10_000
@@ -192,7 +193,7 @@ class Service:
             group_id=cfg.group_id,
             enable_auto_commit=False,
             auto_offset_reset="earliest",
-            max_poll_records=5_000,
+            max_poll_records=cfg.max_poll_records,
             session_timeout_ms=10_000,
             heartbeat_interval_ms=1_000,
         )
@@ -222,7 +223,8 @@ class Service:
         next_publish = next_checkpoint = time.monotonic()
         next_checkpoint += cfg.checkpoint_interval_s
         while not self._stop.is_set():
-            batch_limit = 5_000 if remaining is None else min(5_000, remaining)
+            batch_limit = (cfg.max_poll_records if remaining is None
+                           else min(cfg.max_poll_records, remaining))
             polled = consumer.poll(timeout_ms=cfg.poll_timeout_ms, max_records=batch_limit)
             if polled and self._first_record_at is None:
                 self._first_record_at = time.monotonic()
@@ -235,6 +237,9 @@ class Service:
             assigned = consumer.assignment()
             caught_up = {tp for tp in assigned if self._caught_up(consumer, tp)}
             self._process(list(merger.drain(caught_up, assigned, force=done)))
+            if assigned and caught_up == assigned and not polled and not len(merger):
+                # Read to the end of every partition (not merely not assigned yet).
+                self.engine.idle()
             now = time.monotonic()
             if now >= next_publish:
                 self._publish_metrics(consumer, assigned)

@@ -30,7 +30,15 @@ import numpy as np
 
 from features.events import Click, Impression
 from features.featurize import impression_features
-from features.joiner import FINAL, JoinedFeatures, Joiner, JoinerConfig, Release, fnw_weight
+from features.joiner import (
+    FINAL,
+    JoinedFeatures,
+    Joiner,
+    JoinerConfig,
+    JoinResult,
+    Release,
+    fnw_weight,
+)
 from learners import Learner
 
 __all__ = ["OnlineEngine", "Outcome", "OutcomeCallback"]
@@ -75,9 +83,26 @@ class OnlineEngine:
     def process(self, events: Sequence[Impression | Click]) -> None:
         """Join, score and learn a batch of events (in arrival order)."""
         result = self.joiner.push(events)
+        self._settle_all(result)
+
+    def advance(self, ts: int) -> None:
+        """Move event time forward with no event (closes windows that ended before ``ts``)."""
+        self._settle_all(self.joiner.advance(ts))
+
+    def idle(self) -> None:
+        """The input has caught up: process what waits at the watermark (:meth:`Joiner.settle`)."""
+        if self.joiner.waiting:
+            self._settle_all(self.joiner.settle())
+
+    def finish(self) -> None:
+        """End of input: what waits is processed, every window closes, held clicks are orphans."""
+        self._settle_all(self.joiner.flush())
+
+    def _settle_all(self, result: JoinResult) -> None:
+        """Score the processed impressions and act on the releases, in the joiner's order."""
         releases, rows = result.releases, result.rows
         r, n = 0, len(releases)
-        for i, event in enumerate(events):
+        for i, event in enumerate(result.events):
             while r < n and releases[r].event == i and releases[r].phase == 0:
                 self._settle(releases[r])
                 r += 1
@@ -88,21 +113,9 @@ class OnlineEngine:
                 r += 1
         for release in releases[r:]:
             self._settle(release)
-        self._hand_back(result.orphans)
-
-    def advance(self, ts: int) -> None:
-        """Move event time forward with no event (closes windows that ended before ``ts``)."""
-        result = self.joiner.advance(ts)
-        for release in result.releases:
-            self._settle(release)
-        self._hand_back(result.orphans)
-
-    def finish(self) -> None:
-        """End of input: every open window closes, every held click becomes an orphan."""
-        result = self.joiner.flush()
-        for release in result.releases:
-            self._settle(release)
-        self._hand_back(result.orphans)
+        for click in result.orphans:
+            for callback in self.on_orphan:
+                callback(click)
 
     def state_dict(self) -> dict[str, Any]:
         """The joiner's state and each open impression's scores (learners save their own)."""
@@ -175,8 +188,3 @@ class OnlineEngine:
                                          if self._delay_n[kind] else float("nan"))
             for kind in ("first", "positive")
         }
-
-    def _hand_back(self, orphans: list[Click]) -> None:
-        for click in orphans:
-            for callback in self.on_orphan:
-                callback(click)

@@ -25,8 +25,8 @@ def finals(result) -> list[tuple[str, int]]:
 def test_click_inside_window_makes_a_positive_released_at_window_end():
     j = Joiner()
     assert j.push([imp("a", 1_000), click("a", 61_000)]).releases == []
-    assert j.stats.clicks_joined == 1
     assert j.advance(1_000 + W).releases == []
+    assert j.stats.clicks_joined == 1
     out = j.advance(1_000 + W + 1).releases
     assert [(r.impression.impression_id, r.label, r.click_ts, r.final_ts) for r in out] == [
         ("a", 1, 61_000, 1_000 + W)]
@@ -41,23 +41,34 @@ def test_positives_and_negatives_are_delayed_alike_in_window_end_order():
 def test_click_exactly_at_window_end_is_joined():
     j = Joiner()
     j.push([imp("a", 0), click("a", W)])
-    assert j.stats.late_clicks == 0 and j.stats.clicks_joined == 1
     assert finals(j.flush()) == [("a", 1)]
+    assert j.stats.late_clicks == 0 and j.stats.clicks_joined == 1
 
 
 def test_late_click_after_window_is_counted_not_joined():
     j = Joiner()
-    result = j.push([imp("a", 0), click("a", W + 1)])
-    # The click's own time closes the window first: the impression is a negative.
-    assert finals(result) == [("a", 0)]
+    # The click's time closes the window before the click itself is processed.
+    assert finals(j.push([imp("a", 0), click("a", W + 1)])) == [("a", 0)]
+    j.flush()
     assert j.stats.late_clicks == 1 and j.stats.clicks_joined == 0
 
 
-def test_late_click_is_counted_even_when_watermark_lags_behind():
+def test_events_within_the_allowed_lateness_wait_and_are_taken_in_time_order():
     j = Joiner(JoinerConfig(window_ms=1_000, allowed_lateness_ms=10_000))
-    assert j.push([imp("a", 0), click("a", 1_001)]).releases == []
-    assert j.stats.late_clicks == 1
-    assert finals(j.flush()) == [("a", 0)]
+    # The click arrives first; within the lateness it waits and its impression overtakes it.
+    assert j.push([click("a", 500), imp("a", 0)]).events == []
+    assert [e.ts for e in j.advance(10_501).events] == [0, 500]
+    assert j.stats.clicks_joined == 1 and j.held_clicks == 0
+    assert finals(j.flush()) == [("a", 1)]
+
+
+def test_event_later_than_the_allowed_lateness_is_processed_at_once():
+    j = Joiner(JoinerConfig(window_ms=1_000, closed_retention_ms=10_000))
+    assert finals(j.push([imp("a", 0), imp("b", 5_000)])) == [("a", 0)]
+    # In event time the click is inside a's window, but it comes after the window closed.
+    result = j.push([click("a", 900)])
+    assert [e.ts for e in result.events] == [900]
+    assert j.stats.late_clicks == 1 and j.stats.clicks_joined == 0
 
 
 def test_window_without_click_emits_negative_once_watermark_passes_end():
@@ -82,25 +93,26 @@ def test_duplicate_click_after_window_closed_is_duplicate_not_late():
     j.push([imp("a", 0), click("a", 10)])
     j.advance(W + 5)
     j.push([click("a", W + 6)])
+    j.flush()
     assert j.stats.duplicate_clicks == 1 and j.stats.late_clicks == 0
 
 
 def test_duplicate_impression_keeps_first_and_is_counted():
     j = Joiner()
     j.push([imp("a", 0, item="first"), imp("a", 5, item="second")])
-    assert j.stats.duplicate_impressions == 1
     (release,) = j.flush().releases
     assert release.impression.item_id == "first"
+    assert j.stats.duplicate_impressions == 1
 
 
 def test_click_before_impression_arrives_is_held_then_joined():
     j = Joiner()
-    assert j.push([click("a", 500)]).releases == []
+    j.push([click("a", 500), imp("b", 501)])  # b only moves event time on
     assert j.held_clicks == 1
-    j.push([imp("a", 100)])
+    j.push([imp("a", 100)])  # later than the allowed lateness (0): processed at once
     assert j.held_clicks == 0 and j.stats.orphan_clicks == 0
-    (release,) = j.flush().releases
-    assert (release.label, release.click_ts) == (1, 500)
+    releases = {r.impression.impression_id: r for r in j.flush().releases}
+    assert (releases["a"].label, releases["a"].click_ts) == (1, 500)
 
 
 def test_held_click_whose_impression_never_comes_becomes_orphan_and_is_handed_back():
@@ -120,10 +132,9 @@ def test_held_click_is_orphan_at_flush():
 
 def test_click_earlier_than_its_impression_is_an_orphan_not_a_label():
     j = Joiner()
-    j.push([click("a", 100)])
-    assert j.push([imp("a", 200)]).orphans == [click("a", 100)]
-    assert j.stats.orphan_clicks == 1
-    assert finals(j.flush()) == [("a", 0)]
+    j.push([click("a", 100), imp("a", 200)])
+    assert j.flush().orphans == [click("a", 100)]
+    assert j.stats.orphan_clicks == 1 and j.stats.samples_negative == 1
 
 
 def test_every_impression_gets_exactly_one_final_sample():
@@ -142,9 +153,11 @@ def test_every_impression_gets_exactly_one_final_sample():
 
 def test_releases_are_tagged_with_the_event_that_closed_their_window():
     j = Joiner(JoinerConfig(window_ms=100))
-    result = j.push([imp("a", 0), imp("b", 50), imp("c", 101)])
+    j.push([imp("a", 0), imp("b", 50)])
+    result = j.push([imp("c", 101), imp("d", 150)])
+    assert [e.impression_id for e in result.events] == ["b", "c"]
     (release,) = result.releases
-    assert (release.impression.impression_id, release.event, release.phase) == ("a", 2, 0)
+    assert (release.impression.impression_id, release.event, release.phase) == ("a", 1, 0)
 
 
 def test_recent_sequence_holds_only_clicks_strictly_before_the_impression():
@@ -152,7 +165,8 @@ def test_recent_sequence_holds_only_clicks_strictly_before_the_impression():
     j.push([imp("a", 0, item="x", cat="c1"), click("a", 1_000),
             imp("b", 1_000, item="y", cat="c2"), click("b", 2_000),
             imp("c", 3_000, item="z", cat="c1"), click("c", 5_000)])
-    rows = j.push([imp("d", 2_000, request="r2"), imp("e", 5_000, request="r3")]).rows
+    late = j.push([imp("d", 2_000, request="r2"), imp("e", 5_000, request="r3")])
+    rows = [r for r in [*late.rows, *j.flush().rows] if r >= 0]
     # At 2000 only the click at 1000 is strictly earlier (the one at 2000 is not).
     assert j.features(rows[0]).recent == [("x", "c1", 1.0)]
     # At 5000: the clicks at 2000 and 1000 (the one at 5000 is simultaneous), newest first.
@@ -164,8 +178,8 @@ def test_same_category_search_returns_the_most_recent_behaviours_of_that_categor
     events = []
     for n, (item, cat) in enumerate([("x", "c1"), ("y", "c2"), ("z", "c1"), ("w", "c1")]):
         events += [imp(f"i{n}", n * 100, item=item, cat=cat), click(f"i{n}", n * 100 + 10)]
-    j.push(events)
-    (row,) = j.push([imp("probe", 1_000, cat="c1")]).rows
+    j.push([*events, imp("probe", 1_000, cat="c1")])
+    (row,) = [r for r in j.flush().rows if r >= 0]
     assert [(i, c) for i, c, _ in j.features(row).same_category] == [("w", "c1"), ("z", "c1")]
 
 
@@ -174,24 +188,25 @@ def test_lifelong_cap_keeps_only_the_users_newest_behaviours():
     events = []
     for n in range(4):
         events += [imp(f"i{n}", n * 100, item=f"it{n}"), click(f"i{n}", n * 100 + 10)]
-    j.push(events)
-    (row,) = j.push([imp("probe", 1_000)]).rows
+    j.push([*events, imp("probe", 1_000)])
+    (row,) = [r for r in j.flush().rows if r >= 0]
     assert [i for i, _, _ in j.features(row).recent] == ["it3", "it2"]
 
 
 def test_lifelong_ttl_forgets_old_behaviours():
     j = Joiner(JoinerConfig(window_ms=1_000, lifelong_ttl_ms=5_000))
     j.push([imp("old", 0, item="old"), click("old", 10), imp("new", 4_000, item="new"),
-            click("new", 4_010)])
-    (row,) = j.push([imp("probe", 6_000)]).rows
+            click("new", 4_010), imp("probe", 6_000)])
+    (row,) = [r for r in j.flush().rows if r >= 0]
     assert [i for i, _, _ in j.features(row).recent] == ["new"]
 
 
 def test_counting_features_count_only_what_happened_before():
     j = Joiner(JoinerConfig(window_ms=10_000, count_half_lives_ms=(3_600_000,)))
-    j.push([imp("a", 0, item="x"), imp("b", 0, item="x", request="r1"), click("a", 500)])
-    rows = j.push([imp("c", 1_000, item="x", request="r2"),
-                   imp("d", 1_000, item="x", request="r2")]).rows
+    j.push([imp("a", 0, item="x"), imp("b", 0, item="x", request="r1"), click("a", 500),
+            imp("c", 1_000, item="x", request="r2"), imp("d", 1_000, item="x", request="r2")])
+    rows = [r for r in j.flush().rows if r >= 0]
+    assert len(rows) == 2
     names = j.count_names
     for row in rows:  # both see the two earlier impressions and the click, not each other
         counts = dict(zip(names, j.features(row).counts.tolist(), strict=True))
@@ -202,12 +217,13 @@ def test_counting_features_count_only_what_happened_before():
 
 def test_fnw_mode_releases_a_negative_at_once_and_a_positive_at_the_click():
     j = Joiner(JoinerConfig(window_ms=1_000, mode="fnw"))
-    result = j.push([imp("a", 0), imp("b", 0, request="r9"), click("a", 300)])
-    kinds = [(r.kind, r.impression.impression_id, r.label, r.event, r.phase)
+    result = j.push([imp("a", 0), imp("b", 0, request="r9"), click("a", 300), imp("c", 400)])
+    order = [e.impression_id for e in result.events]
+    kinds = [(r.kind, r.impression.impression_id, r.label, order[r.event], r.phase)
              for r in result.releases]
-    assert kinds == [(FNW_NEGATIVE, "a", 0, 0, 1), (FNW_NEGATIVE, "b", 0, 1, 1),
-                     (FNW_POSITIVE, "a", 1, 2, 0)]
-    assert finals(j.flush()) == [("a", 1), ("b", 0)]
+    assert sorted(kinds[:2]) == [(FNW_NEGATIVE, "a", 0, "a", 1), (FNW_NEGATIVE, "b", 0, "b", 1)]
+    assert kinds[2] == (FNW_POSITIVE, "a", 1, "a", 0)
+    assert sorted(finals(j.flush())) == [("a", 1), ("b", 0), ("c", 0)]
 
 
 def test_fnw_weights_match_ktena_et_al():

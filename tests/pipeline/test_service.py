@@ -188,17 +188,16 @@ def test_restart_from_checkpoint_continues_exactly_where_it_stopped(
     ckpt = tmp_path / "ckpt"
     group = f"g-{topics.impressions}"
     first = OutcomeRecorder(("ftrl",))
-    seen = 0
 
-    def stop_midway(n: int) -> None:
-        nonlocal seen
-        seen += n
-        if seen >= total // 2:
+    def stop_midway(outcome) -> None:
+        first(outcome)
+        if len(first) == 1_000:
             service.request_stop("test")
 
     service = Service(ServiceConfig(bootstrap=kafka_bootstrap, metrics_port=None, topics=topics,
-                                    group_id=group, joiner=JOIN, checkpoint_dir=ckpt),
-                      extra_outcome_callbacks=[first], on_progress=stop_midway)
+                                    group_id=group, joiner=JOIN, checkpoint_dir=ckpt,
+                                    max_poll_records=200),
+                      extra_outcome_callbacks=[stop_midway])
     summary = service.run()
     assert summary.stopped_by == "test"
     assert len(first) > 0 and service.engine.joiner.open_windows > 0
