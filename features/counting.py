@@ -67,29 +67,28 @@ def smoothed_ctr(clicks: np.ndarray, imps: np.ndarray, prior_ctr: float, strengt
 
 @nb.njit(cache=True)
 def _touch(values, last_ts, same_ts, half_lives, row, t):
-    """Decay a row to time ``t`` when ``t`` is newer; return the decay to apply to an add."""
+    """Bring a row forward to time ``t`` if ``t`` is newer; return the age of ``t`` (ms)
+    relative to the row's time: 0 for the row's own time, > 0 for an older event."""
     last = last_ts[row]
-    if last < 0:
-        last_ts[row] = t
-        return -1.0
-    if t > last:
+    if last >= 0 and t <= last:
+        return last - t
+    if last >= 0:
         for h in range(half_lives.size):
             f = np.exp(-_LN2 * (t - last) / half_lives[h])
             values[row, h, 0] *= f
             values[row, h, 1] *= f
-        same_ts[row, 0] = 0.0
-        same_ts[row, 1] = 0.0
-        last_ts[row] = t
-        return -1.0
-    return float(last - t)  # an older event: added with its own decay
+    same_ts[row, 0] = 0.0
+    same_ts[row, 1] = 0.0
+    last_ts[row] = t
+    return 0
 
 
 @nb.njit(cache=True)
 def _add(values, last_ts, same_ts, half_lives, row, t, column):
     age = _touch(values, last_ts, same_ts, half_lives, row, t)
     for h in range(half_lives.size):
-        values[row, h, column] += 1.0 if age < 0 else np.exp(-_LN2 * age / half_lives[h])
-    if age < 0:
+        values[row, h, column] += np.exp(-_LN2 * age / half_lives[h])
+    if age == 0:
         same_ts[row, column] += 1.0
 
 

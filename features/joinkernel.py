@@ -46,6 +46,9 @@ FINAL, FNW_NEGATIVE, FNW_POSITIVE = 0, 1, 2
 MODE_WAIT, MODE_FNW = 0, 1
 # Slot states.
 FREE, OPEN, CLOSED = 0, 1, 2
+# Click time of a slot without a joined click: none yet, or only one after the window
+# (so a repeat of a late click is a duplicate, not another behaviour).
+NO_CLICK, LATE_CLICK = -1, -2
 # Statistics, in JoinStats field order.
 STAT_NAMES = (
     "impressions", "duplicate_impressions", "clicks", "clicks_joined", "duplicate_clicks",
@@ -68,7 +71,7 @@ class JoinArrays(NamedTuple):
     slot_user: np.ndarray  # int32 (S,)
     slot_item: np.ndarray  # int32 (S,)
     slot_cat: np.ndarray  # int32 (S,)
-    slot_click_ts: np.ndarray  # int64 (S,) -1: no click joined
+    slot_click_ts: np.ndarray  # int64 (S,) time of the joined click, or NO_CLICK / LATE_CLICK
     slot_row: np.ndarray  # int64 (S,) feature row while open
     slot_state: np.ndarray  # int8 (S,)
     free_slots: np.ndarray  # int64 (S,) stack; clock[K_FREE_SLOTS] entries
@@ -133,7 +136,7 @@ def _close_window(j, out, slot, end, event):
     click_ts = j.slot_click_ts[slot]
     label = 1 if click_ts >= 0 else 0
     j.stats[S_POS if label else S_NEG] += 1
-    _release(out, event, 0, FINAL, row, label, click_ts, end)
+    _release(out, event, 0, FINAL, row, label, click_ts if label else NO_CLICK, end)
     p = j.clock[K_PENDING_ROWS]
     j.pending_rows[p] = row
     j.clock[K_PENDING_ROWS] = p + 1
@@ -186,7 +189,7 @@ def _behaviour(j, store, counters, slot, click_ts):
 @nb.njit(cache=True)
 def _join(j, store, counters, out, slot, click_ts, event, phase, click_event):
     """A click meets its (open) impression. Return the click's status."""
-    if j.slot_click_ts[slot] >= 0:
+    if j.slot_click_ts[slot] != NO_CLICK:
         j.stats[S_DUP_CLICKS] += 1
         return CLICK_DUPLICATE
     imp_ts = j.slot_ts[slot]
@@ -195,6 +198,7 @@ def _join(j, store, counters, out, slot, click_ts, event, phase, click_event):
         return CLICK_ORPHAN
     _behaviour(j, store, counters, slot, click_ts)
     if click_ts - imp_ts > j.cfg[C_WINDOW]:
+        j.slot_click_ts[slot] = LATE_CLICK
         j.stats[S_LATE] += 1
         return CLICK_LATE
     j.slot_click_ts[slot] = click_ts
@@ -222,7 +226,7 @@ def _impression(j, store, counters, out, i, key, user, item, cat, ts):
     j.slot_user[slot] = user
     j.slot_item[slot] = item
     j.slot_cat[slot] = cat
-    j.slot_click_ts[slot] = -1
+    j.slot_click_ts[slot] = NO_CLICK
     j.slot_row[slot] = row
     j.slot_state[slot] = OPEN
     j.index[key] = slot
@@ -253,10 +257,14 @@ def _click(j, store, counters, out, i, key, ts):
     if slot >= 0:
         if j.slot_state[slot] == OPEN:
             out.status[i] = _join(j, store, counters, out, slot, ts, i, 0, i)
-        elif j.slot_click_ts[slot] >= 0:
+        elif j.slot_click_ts[slot] != NO_CLICK:
             j.stats[S_DUP_CLICKS] += 1
             out.status[i] = CLICK_DUPLICATE
+        elif ts < j.slot_ts[slot]:
+            _orphan(j, out, key, i)
+            out.status[i] = CLICK_ORPHAN
         else:
+            j.slot_click_ts[slot] = LATE_CLICK
             j.stats[S_LATE] += 1
             _behaviour(j, store, counters, slot, ts)
             out.status[i] = CLICK_LATE
