@@ -131,6 +131,7 @@ class SyntheticConfig:
     pages: tuple[str, ...] = ("feed", "search", "detail")
     page_weights: tuple[float, ...] = (0.6, 0.25, 0.15)
     page_effects: tuple[float, ...] = (0.0, 0.4, -0.3)
+    # Unobserved diurnal effect (the hour is not a context field).
     hour_effect: float = 0.2
     peak_hour: int = 20
     # Delivery faults.
@@ -379,7 +380,7 @@ def generate(n_events: int, seed: int = 0, config: SyntheticConfig | None = None
                           rng_req.choice(dev_w.size, n_req, p=dev_w / dev_w.sum()))
     page_w = np.asarray(cfg.page_weights, dtype=float)
     page_req = rng_req.choice(page_w.size, n_req, p=page_w / page_w.sum())
-    hour_req = (ts_req // HOUR_MS) % 24
+    hour_req = (ts_req // HOUR_MS) % 24  # unobserved: drives only the diurnal term
     epoch = (ts_req - cfg.start_ms + world.drift_phase[user_req]) // cfg.drift_period_ms
     drift_req = (world.drift_offset[user_req] + world.drift_step[user_req] * epoch) % n_cat
 

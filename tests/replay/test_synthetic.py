@@ -117,9 +117,16 @@ def test_position_bias_is_visible(labelled):
 
 def test_page_effects_are_visible(labelled):
     by_page = labelled.group_by(pl.col("context").struct.field("page")).agg(
-        pl.col("p_click").mean())
-    ctr = dict(by_page.iter_rows())
-    assert ctr["search"] > ctr["feed"] > ctr["detail"]
+        pl.col("clicked").mean().alias("ctr"), pl.col("p_click").mean().alias("p"))
+    ctr = {page: c for page, c, _ in by_page.iter_rows()}
+    p = {page: m for page, _, m in by_page.iter_rows()}
+    assert set(ctr) == set(SyntheticConfig().pages)
+    assert ctr["search"] > ctr["detail"]
+    assert p["search"] > p["feed"] > p["detail"]
+
+
+def test_hour_is_not_a_context_field(stream):
+    assert stream.impressions["context"].struct.fields == ["device", "page"]
 
 
 def test_true_probability_is_predictive(stream):
@@ -209,6 +216,8 @@ def test_bad_event_count_raises(n_events):
         ("devices", ()),
         ("page_weights", (1.0,)),
         ("page_effects", (0.0, float("inf"), 0.0)),
+        ("pages", ("feed", "feed", "detail")),
+        ("page_weights", (0.5, -0.1, 0.6)),
         ("n_categories", 2.5),
         ("peak_hour", 24),
     ],
