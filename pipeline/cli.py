@@ -18,6 +18,7 @@ from typing import NoReturn
 
 from kafka.errors import KafkaError
 
+from features.importers import DATASETS, DatasetError
 from features.joiner import JoinerConfig
 from learners import LEARNERS, LearnerError
 from pipeline.broker import BrokerError
@@ -30,7 +31,8 @@ __all__ = ["main"]
 log = logging.getLogger("streamctr")
 
 # Errors that mean "the input or configuration is wrong": one line, exit status 2.
-_BAD_INPUT = (ConfigError, ReplayInputError, LearnerError, CheckpointError, ValueError)
+_BAD_INPUT = (ConfigError, ReplayInputError, DatasetError, LearnerError, CheckpointError,
+              ValueError)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -61,6 +63,12 @@ def _positive_int(text: str | int) -> int:
     if value < 1:
         raise ValueError(f"must be >= 1, got {value}")
     return value
+
+
+def _dataset_name(text: str) -> str:
+    if text not in DATASETS:
+        raise ValueError(f"unknown dataset {text!r}; available: {', '.join(DATASETS)}")
+    return text
 
 
 def _port(text: str | int) -> int:
@@ -94,6 +102,18 @@ def cmd_generate(args: argparse.Namespace) -> int:
         write_stream(stream, args.out)
     print(f"wrote {stream.impressions.height:,} impressions and {stream.clicks.height:,} clicks "
           f"to {args.out}")
+    return 0
+
+
+def cmd_import(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from features.importers import import_dataset
+
+    with Console(stderr=True).status(f"importing {args.dataset} from {args.src}"):
+        summary = import_dataset(args.dataset, args.src, args.out, seed=args.seed,
+                                 list_size=args.list_size, min_rating=args.min_rating)
+    print("\n".join(summary.lines()))
     return 0
 
 
@@ -200,6 +220,19 @@ def _build() -> tuple[argparse.ArgumentParser, dict[str, Options]]:
     o.add(p, "--events", type=_positive_int, help="number of events (impressions + clicks)")
     o.add(p, "--out", type=Path, help="output folder")
     o.add(p, "--seed", type=int, default=0, help="random seed")
+
+    p, o = command("import", "convert a public dataset (mind, taobao, yandex, movielens) "
+                             "into a replay input folder", cmd_import)
+    o.add(p, "dataset", type=_dataset_name, positional=True, metavar="DATASET",
+          help=f"source format, one of: {', '.join(DATASETS)}")
+    o.add(p, "src", type=Path, positional=True, metavar="SRC",
+          help="the dataset's file or folder (see docs/importers.md)")
+    o.add(p, "--out", type=Path, help="output folder (replay input)")
+    o.add(p, "--seed", type=int, default=0, help="random seed (taobao's sampled negatives)")
+    o.add(p, "--list-size", type=_positive_int, default=10,
+          help="taobao: items per constructed request (clicks + sampled negatives)")
+    o.add(p, "--min-rating", type=float, default=4.0,
+          help="movielens: a rating >= this is a click")
 
     p, o = command("produce", "publish a replay folder to the topics in event-time order",
                    cmd_produce)

@@ -25,19 +25,20 @@ no positions**. This importer builds them, deterministically for a seed:
 
    a. first from the items of the request's clicked categories,
    b. then, if still short, from the hour's :data:`POPULAR_POOL` (50) most viewed
-      items (ties by item id).
+      items (ties by item id) outside those categories (already offered in a).
 
    Inside each stage items are drawn without replacement with probability
    proportional to their views in the hour (Efraimidis–Spirakis keys
    ``-ln(U) / views``, ``U`` from ``numpy.random.default_rng(seed)``). A request
    whose hour lacks candidates stays shorter (counted).
 4. **Positions.** The request's items (clicked and sampled) are put in a uniformly
-   random order (same RNG): position 0 is not more likely to be a click.
+   random order (a second random stream from the same seed): a click is equally
+   likely at any position.
 5. **Times.** Every impression of a request has ``ts`` = the request's start (its
    first view); a click has the ``ts`` of its view (the first, if repeated), so
    clicks follow their impressions by 0–5 minutes, inside the default 15-minute
    attribution window. ``category_id`` is the item's category (for a sampled item,
-   the category of its first view in the hour); no ``context``.
+   the category of its earliest view in the hour); no ``context``.
 
 Caveats: the negatives are a model of what was shown, not a log of it; their
 popularity weighting uses the whole hour's views (the construction looks up to
@@ -116,45 +117,54 @@ def load(src: str | Path, *, seed: int = 0, list_size: int = DEFAULT_LIST_SIZE
     notes["cart/fav/buy events ignored"] = events.height - pv.height
     in_period = pl.col("ts").is_between(PERIOD_START_S, PERIOD_END_S, closed="left")
     notes["pv events outside 25 Nov-3 Dec 2017 (UTC+8) dropped"] = pv.filter(~in_period).height
+    if pv.filter(in_period).height == 0:
+        raise DatasetError(f"{path}: no pv event in the dataset's period (25 Nov-3 Dec 2017)")
+    codes = [pl.col(c).rank("dense").cast(pl.Int64).alias(a)
+             for c, a in (("user_id", "uid"), ("item_id", "iid"), ("category_id", "cid"))]
     pv = (
         pv.filter(in_period)
-        .with_columns((pl.col("ts") // BUCKET_S).alias("bucket"),
+        .with_columns(*codes, (pl.col("ts") // BUCKET_S).alias("bucket"),
                       (pl.col("ts") // WINDOW_S).alias("hour"))
-        .sort("user_id", "ts", "item_id", "category_id")
+        .sort("uid", "ts", "iid", "cid")
     )
-    if pv.height == 0:
-        raise DatasetError(f"{path}: no pv event in the dataset's period (25 Nov-3 Dec 2017)")
 
-    req_key = ["user_id", "bucket"]
-    clicks = pv.group_by([*req_key, "item_id"], maintain_order=True).agg(
-        pl.col("category_id").first(), pl.col("ts").first(), pl.col("hour").first())
+    # One click per (user, bucket, item), at its first view; requests numbered in order.
+    clicks = pv.group_by("uid", "bucket", "iid", maintain_order=True).agg(
+        pl.col("user_id", "item_id", "category_id", "cid", "ts", "hour").first())
     notes["repeat views of an item within a request merged"] = pv.height - clicks.height
-    requests = clicks.group_by(req_key, maintain_order=True).agg(
-        pl.col("ts").min().alias("start"), pl.col("hour").first(), pl.len().alias("n_clicks"))
-    requests = requests.with_columns(
-        (pl.lit(list_size) - pl.col("n_clicks")).clip(lower_bound=0).alias("n_neg"))
+    requests = (
+        clicks.group_by("uid", "bucket", maintain_order=True)
+        .agg(pl.col("user_id").first(), pl.col("ts").min().alias("start"),
+             pl.col("hour").first(), pl.len().cast(pl.Int64).alias("n_clicks"))
+        .with_row_index("req")
+        .with_columns(
+            pl.col("req").cast(pl.Int64),
+            (pl.lit(list_size) - pl.col("n_clicks")).clip(lower_bound=0).alias("n_neg"),
+            pl.format("{}-{}", "user_id", "start").alias("request_id"),
+        )
+    )
+    clicks = clicks.join(requests.select("uid", "bucket", "req"), on=["uid", "bucket"])
 
     negatives = _sample_negatives(pv, clicks, requests, np.random.default_rng(seed))
     short = (
-        requests.join(negatives.group_by(req_key).len(), on=req_key, how="left")
+        requests.join(negatives.group_by("req").len(), on="req", how="left")
         .filter(pl.col("n_clicks") + pl.col("len").fill_null(0) < list_size).height
     )
     notes[f"requests shorter than {list_size} items (too few candidates in the hour)"] = short
 
     shown = (
         pl.concat([
-            clicks.select(*req_key, "item_id", "category_id",
+            clicks.select("req", "iid", "item_id", "category_id",
                           pl.col("ts").alias("click_ts")),
-            negatives.select(*req_key, "item_id", "category_id",
+            negatives.select("req", "iid", "item_id", "category_id",
                              pl.lit(None, pl.Int64).alias("click_ts")),
         ])
-        .join(requests.select(*req_key, "start"), on=req_key)
-        .sort(*req_key, "item_id")
+        .join(requests.select("req", "request_id", "user_id", "start"), on="req")
+        .sort("req", "iid")
     )
     order = np.random.default_rng([seed, 1]).random(shown.height)
     shown = shown.with_columns(pl.Series("_key", order)).with_columns(
-        (pl.col("_key").rank("ordinal").over(req_key) - 1).cast(pl.Int64).alias("position"),
-        pl.format("{}-{}", "user_id", "start").alias("request_id"),
+        (pl.col("_key").rank("ordinal").over("req") - 1).cast(pl.Int64).alias("position"),
     ).with_columns(
         pl.format("{}-{}", "request_id", "position").alias("impression_id"),
         (pl.col("start") * 1_000).alias("ts"),
@@ -197,43 +207,59 @@ def _events(path: Path, skipped: Skipped) -> pl.DataFrame:
 
 def _sample_negatives(pv: pl.DataFrame, clicks: pl.DataFrame, requests: pl.DataFrame,
                       rng: np.random.Generator) -> pl.DataFrame:
-    """Per request, up to ``n_neg`` sampled items: columns user_id, bucket, item_id, category_id."""
-    req_key = ["user_id", "bucket"]
+    """Per request, up to ``n_neg`` sampled items: columns req, iid, item_id, category_id.
+
+    Works on integer codes (``req`` request, ``uid`` user, ``iid`` item, ``cid``
+    category) so the joins and sorts stay cheap; every frame is sorted on unique
+    keys before random numbers are drawn for its rows, so a seed fixes the result.
+    """
     # The hour's items: views, distinct viewers, and one viewer (to tell "only this user").
-    pool = pv.group_by("hour", "item_id", maintain_order=True).agg(
-        pl.col("category_id").first(),
-        pl.len().alias("views"),
-        pl.col("user_id").n_unique().alias("viewers"),
-        pl.col("user_id").first().alias("a_viewer"),
+    pool = (
+        pv.group_by("hour", "iid").agg(
+            pl.col("item_id").first(),
+            pl.col("category_id", "cid").sort_by("ts", "uid").first(),
+            pl.len().alias("views"),
+            pl.col("uid").n_unique().alias("viewers"),
+            pl.col("uid").first().alias("a_viewer"),
+        )
+        .sort("hour", "iid")
     )
-    wanted = requests.filter(pl.col("n_neg") > 0).select(*req_key, "hour", "n_neg")
-    same_category = (
-        clicks.select(*req_key, "category_id").unique()
-        .join(wanted, on=req_key)
-        .join(pool, on=["hour", "category_id"])
-        .with_columns(pl.lit(1).alias("stage"))
+    wanted = requests.filter(pl.col("n_neg") > 0).select("req", "uid", "hour", "n_neg")
+    req_cats = clicks.select("req", "cid").unique()
+    own = clicks.select("req", "iid")
+
+    def draw(candidates: pl.DataFrame, need: str) -> pl.DataFrame:
+        eligible = (
+            candidates.filter((pl.col("viewers") > 1) | (pl.col("a_viewer") != pl.col("uid")))
+            .join(own, on=["req", "iid"], how="anti")
+            .sort("req", "iid")
+        )
+        # Weighted sampling without replacement: smallest -ln(U)/views first, U in (0, 1].
+        u = 1.0 - rng.random(eligible.height)
+        return (
+            eligible.with_columns(pl.Series("_key", -np.log(u)))
+            .with_columns(pl.col("_key") / pl.col("views"))
+            .sort("req", "_key")
+            .filter(pl.int_range(pl.len()).over("req") < pl.col(need))
+            .select("req", "iid", "item_id", "category_id")
+        )
+
+    # a. items of the request's clicked categories
+    first = draw(req_cats.join(wanted, on="req").join(pool, on=["hour", "cid"]), "n_neg")
+    # b. the hour's most viewed items, for requests still short (no item twice: items
+    #    of the clicked categories were already candidates in a.)
+    still = (
+        wanted.join(first.group_by("req").len(), on="req", how="left")
+        .with_columns((pl.col("n_neg") - pl.col("len").fill_null(0)).alias("n_more"))
+        .filter(pl.col("n_more") > 0)
     )
     popular = (
-        pool.sort("hour", "views", "item_id", descending=[False, True, False])
+        pool.sort("hour", "views", "iid", descending=[False, True, False])
         .group_by("hour", maintain_order=True).head(POPULAR_POOL)
     )
-    fallback = wanted.join(popular, on="hour").with_columns(pl.lit(2).alias("stage"))
-    columns = [*req_key, "item_id", "category_id", "views", "viewers", "a_viewer", "stage",
-               "n_neg"]
-    candidates = (
-        pl.concat([same_category.select(columns), fallback.select(columns)])
-        .filter((pl.col("viewers") > 1) | (pl.col("a_viewer") != pl.col("user_id")))
-        .join(clicks.select(*req_key, "item_id"), on=[*req_key, "item_id"], how="anti")
-        .sort(*req_key, "item_id", "stage")
-        .unique([*req_key, "item_id"], keep="first", maintain_order=True)
-        .sort(*req_key, "stage", "item_id")
+    fallback = (
+        still.join(popular, on="hour")
+        .join(req_cats, on=["req", "cid"], how="anti")
     )
-    # Weighted sampling without replacement: smallest -ln(U)/views first, U in (0, 1].
-    u = 1.0 - rng.random(candidates.height)
-    return (
-        candidates.with_columns(pl.Series("_key", -np.log(u)))
-        .with_columns(pl.col("_key") / pl.col("views"))
-        .sort(*req_key, "stage", "_key")
-        .filter(pl.int_range(pl.len()).over(req_key) < pl.col("n_neg"))
-        .select(*req_key, "item_id", "category_id")
-    )
+    second = draw(fallback, "n_more")
+    return pl.concat([first, second])
