@@ -1,6 +1,7 @@
 """Point-in-time counting features: exponentially decayed impression and click counts.
 
-For three keys — the user, the item, and the user × category pair — and each
+For three keys — the user, the item, and the user × category pair (numbered by
+the joiner) — and each
 half-life ``h`` the joiner keeps ``imps_h`` and ``clicks_h``, the number of
 impressions and clicks weighted by ``2 ** (-age / h)``. Read at an impression's
 time ``t`` they count only events *strictly before* ``t``: increments made at
@@ -13,8 +14,9 @@ The feature vector of an impression, for ``H`` half-lives, is laid out as
 are left to the learner (:func:`smoothed_ctr`).
 
 Events that arrive older than a key's newest update are added with their own
-decay; reads for a time before a key's newest update are clamped to it
-(exact when events arrive in event-time order, as the joiner processes them).
+decay; a late impression (older than its key's newest update) reads the key at its
+newest time. The joiner processes events in event-time order within the allowed
+lateness, so this only concerns events that arrived later than that.
 """
 
 from __future__ import annotations
@@ -23,25 +25,32 @@ from typing import NamedTuple
 
 import numba as nb
 import numpy as np
-from numba.typed import Dict
 
-from features.compiled import dict_arrays, fill_dict, get_or, new_dict
-
-__all__ = ["CounterArrays", "Counters", "counter_names", "smoothed_ctr"]
+__all__ = [
+    "CounterArrays",
+    "Counters",
+    "counter_names",
+    "counters_add",
+    "counters_observe",
+    "smoothed_ctr",
+]
 
 KEYS = ("user", "item", "user_category")
 _LN2 = np.log(2.0)
 
 
+# Columns of a counter row: its time, what was added at that time, then the counts.
+LAST, SAME_IMPS, SAME_CLICKS, FIRST = 0, 1, 2, 3
+
+
 class CounterArrays(NamedTuple):
-    """Per-key rows of decayed counts; one table per key kind."""
+    """One table per key kind; a row is ``[last time, same-time imps, same-time clicks,
+    imps_h0, clicks_h0, imps_h1, …]`` (float64; times in ms are exact below 2**53), so
+    reading and updating a key touches one or two cache lines."""
 
     half_lives_ms: np.ndarray  # float64 (H,)
-    values: tuple[np.ndarray, np.ndarray, np.ndarray]  # float64 (R_k, H, 2)
-    last_ts: tuple[np.ndarray, np.ndarray, np.ndarray]  # int64 (R_k,), -1: never
-    same_ts: tuple[np.ndarray, np.ndarray, np.ndarray]  # float64 (R_k, 2) added at last_ts
-    uc_rows: Dict  # int64 (user << 32 | cat) -> row of the user × category table
-    uc_size: np.ndarray  # int64 (1,) rows of the user × category table in use
+    tables: tuple[np.ndarray, np.ndarray, np.ndarray]  # float64 (R_k, 3 + 2H): by user,
+    # by item, by (user, category) pair id (the joiner numbers the pairs)
 
 
 def counter_names(half_lives_ms: tuple[int, ...]) -> list[str]:
@@ -65,83 +74,80 @@ def smoothed_ctr(clicks: np.ndarray, imps: np.ndarray, prior_ctr: float, strengt
     return (clicks + strength * prior_ctr) / (imps + strength)
 
 
-@nb.njit(cache=True)
-def _touch(values, last_ts, same_ts, half_lives, row, t):
-    """Bring a row forward to time ``t`` if ``t`` is newer; return the age of ``t`` (ms)
-    relative to the row's time: 0 for the row's own time, > 0 for an older event."""
-    last = last_ts[row]
-    if last >= 0 and t <= last:
-        return last - t
-    if last >= 0:
+@nb.njit(cache=True, inline="always")
+def _at(tab, row, half_lives, t) -> bool:
+    """Decay row ``row`` of ``tab`` forward to ``t`` when ``t`` is newer; return whether
+    the row is at ``t``
+    (False: the row already holds a newer event, ``t`` is a late arrival)."""
+    last = tab[row, LAST]
+    if last > t:
+        return False
+    if last < t:
+        if last >= 0:
+            for h in range(half_lives.size):
+                f = np.exp(-_LN2 * (t - last) / half_lives[h])
+                tab[row, FIRST + 2 * h] *= f
+                tab[row, FIRST + 2 * h + 1] *= f
+        tab[row, SAME_IMPS] = 0.0
+        tab[row, SAME_CLICKS] = 0.0
+        tab[row, LAST] = t
+    return True
+
+
+@nb.njit(cache=True, inline="always")
+def _count(tab, row, half_lives, t, column, at_t):
+    if at_t:
         for h in range(half_lives.size):
-            f = np.exp(-_LN2 * (t - last) / half_lives[h])
-            values[row, h, 0] *= f
-            values[row, h, 1] *= f
-    same_ts[row, 0] = 0.0
-    same_ts[row, 1] = 0.0
-    last_ts[row] = t
-    return 0
-
-
-@nb.njit(cache=True)
-def _add(values, last_ts, same_ts, half_lives, row, t, column):
-    age = _touch(values, last_ts, same_ts, half_lives, row, t)
-    for h in range(half_lives.size):
-        values[row, h, column] += np.exp(-_LN2 * age / half_lives[h])
-    if age == 0:
-        same_ts[row, column] += 1.0
-
-
-@nb.njit(cache=True)
-def _read(values, last_ts, same_ts, half_lives, row, t, out, offset):
-    last = last_ts[row]
-    if last < 0:
+            tab[row, FIRST + 2 * h + column] += 1.0
+        tab[row, SAME_IMPS + column] += 1.0
+    else:  # a late event: added with its own decay to the row's time
+        age = tab[row, LAST] - t
         for h in range(half_lives.size):
-            out[offset + 2 * h] = 0.0
-            out[offset + 2 * h + 1] = 0.0
-        return
-    dt = max(t - last, 0)
+            tab[row, FIRST + 2 * h + column] += np.exp(-_LN2 * age / half_lives[h])
+
+
+@nb.njit(cache=True, inline="always")
+def _observe(tab, row, half_lives, t, out, out_row, offset):
+    """Write the row's counts as of ``t`` (events strictly before it) from ``offset``,
+    then count an impression at ``t``. A late impression reads the row at its newest time."""
+    at_t = _at(tab, row, half_lives, t)
     for h in range(half_lives.size):
-        f = np.exp(-_LN2 * dt / half_lives[h])
-        imps = values[row, h, 0]
-        clicks = values[row, h, 1]
-        if dt == 0:  # strictly before t: leave out what happened at t itself
-            imps -= same_ts[row, 0]
-            clicks -= same_ts[row, 1]
-        out[offset + 2 * h] = max(imps * f, 0.0)
-        out[offset + 2 * h + 1] = max(clicks * f, 0.0)
+        imps = tab[row, FIRST + 2 * h]
+        clicks = tab[row, FIRST + 2 * h + 1]
+        if at_t:  # leave out what happened at t itself
+            imps -= tab[row, SAME_IMPS]
+            clicks -= tab[row, SAME_CLICKS]
+        out[out_row, offset + 2 * h] = max(imps, 0.0)
+        out[out_row, offset + 2 * h + 1] = max(clicks, 0.0)
+    _count(tab, row, half_lives, t, 0, at_t)
 
 
-@nb.njit(cache=True)
-def _uc_row(c: CounterArrays, user: int, cat: int, create: bool) -> int:
-    key = (np.int64(user) << 32) | np.int64(cat)
-    row = get_or(c.uc_rows, key, -1)
-    if row < 0 and create:
-        row = c.uc_size[0]
-        c.uc_size[0] = row + 1
-        c.uc_rows[key] = row
-    return row
+@nb.njit(cache=True, inline="always")
+def _add(tab, row, half_lives, t, column):
+    _count(tab, row, half_lives, t, column, _at(tab, row, half_lives, t))
 
 
-@nb.njit(cache=True)
-def counters_read(c: CounterArrays, user: int, item: int, cat: int, t: int, out) -> None:
-    """Write the ``3 * H * 2`` features of an impression at ``t`` into ``out``."""
+@nb.njit(cache=True, inline="always")
+def counters_observe(c: CounterArrays, user: int, item: int, pair: int, t: int, out,
+                     out_row: int) -> None:
+    """An impression at ``t``: write its ``3 * H * 2`` features into row ``out_row`` of
+    ``out``, then count it."""
     width = 2 * c.half_lives_ms.size
-    rows = (np.int64(user), np.int64(item), np.int64(_uc_row(c, user, cat, False)))
-    for k in range(3):
-        if rows[k] < 0 or rows[k] >= c.last_ts[k].size:
-            out[k * width:(k + 1) * width] = 0.0
-        else:
-            _read(c.values[k], c.last_ts[k], c.same_ts[k], c.half_lives_ms, rows[k], t, out,
-                  k * width)
+    hl = c.half_lives_ms
+    # The three keys unrolled: a tuple indexed by a constant costs nothing.
+    _observe(c.tables[0], user, hl, t, out, out_row, 0)
+    _observe(c.tables[1], item, hl, t, out, out_row, width)
+    _observe(c.tables[2], pair, hl, t, out, out_row, 2 * width)
 
 
-@nb.njit(cache=True)
-def counters_add(c: CounterArrays, user: int, item: int, cat: int, t: int, column: int) -> None:
+@nb.njit(cache=True, inline="always")
+def counters_add(c: CounterArrays, user: int, item: int, pair: int, t: int, column: int
+                 ) -> None:
     """Count an impression (``column`` 0) or a click (1) at time ``t`` for all three keys."""
-    rows = (np.int64(user), np.int64(item), np.int64(_uc_row(c, user, cat, True)))
-    for k in range(3):
-        _add(c.values[k], c.last_ts[k], c.same_ts[k], c.half_lives_ms, rows[k], t, column)
+    hl = c.half_lives_ms
+    _add(c.tables[0], user, hl, t, column)
+    _add(c.tables[1], item, hl, t, column)
+    _add(c.tables[2], pair, hl, t, column)
 
 
 class Counters:
@@ -152,62 +158,44 @@ class Counters:
         if not half_lives_ms or min(half_lives_ms) <= 0:
             raise ValueError(f"half-lives must be positive, got {half_lives_ms}")
         self.half_lives_ms = tuple(int(h) for h in half_lives_ms)
-        h = len(self.half_lives_ms)
-        sizes = (users, items, pairs)
         self.arrays = CounterArrays(
             half_lives_ms=np.asarray(self.half_lives_ms, np.float64),
-            values=tuple(np.zeros((n, h, 2), np.float64) for n in sizes),  # type: ignore[arg-type]
-            last_ts=tuple(np.full(n, -1, np.int64) for n in sizes),  # type: ignore[arg-type]
-            same_ts=tuple(np.zeros((n, 2), np.float64) for n in sizes),  # type: ignore[arg-type]
-            uc_rows=new_dict(),
-            uc_size=np.zeros(1, np.int64),
+            tables=tuple(self._new_rows(n) for n in (users, items, pairs)),  # type: ignore[arg-type]
         )
 
     @property
     def width(self) -> int:
         return 3 * 2 * len(self.half_lives_ms)
 
-    def reserve(self, users: int, items: int, new_pairs: int) -> None:
-        """Room for user codes < ``users``, item codes < ``items`` and ``new_pairs`` more pairs."""
+    def _new_rows(self, n: int) -> np.ndarray:
+        rows = np.zeros((n, FIRST + 2 * len(self.half_lives_ms)), np.float64)
+        rows[:, LAST] = -1.0
+        return rows
+
+    def reserve(self, users: int, items: int, pairs: int) -> None:
+        """Room for user codes < ``users``, item codes < ``items`` and pair ids < ``pairs``."""
         a = self.arrays
-        needed = (users, items, int(a.uc_size[0]) + new_pairs)
-        if all(n <= a.last_ts[k].size for k, n in enumerate(needed)):
+        needed = (users, items, pairs)
+        if all(n <= len(a.tables[k]) for k, n in enumerate(needed)):
             return
-        grown = [max(n, a.last_ts[k].size * 3 // 2) if n > a.last_ts[k].size
-                 else a.last_ts[k].size for k, n in enumerate(needed)]
-        self.arrays = a._replace(
-            values=tuple(_grow(a.values[k], grown[k], 0.0) for k in range(3)),
-            last_ts=tuple(_grow(a.last_ts[k], grown[k], -1) for k in range(3)),
-            same_ts=tuple(_grow(a.same_ts[k], grown[k], 0.0) for k in range(3)),
-        )
+        self.arrays = a._replace(tables=tuple(
+            table if n <= len(table) else np.concatenate(
+                [table, self._new_rows(max(n, len(table) * 2) - len(table))])
+            for table, n in zip(a.tables, needed, strict=True)))
 
     def state_dict(self) -> dict[str, np.ndarray | tuple[int, ...]]:
         a = self.arrays
         state: dict[str, np.ndarray | tuple[int, ...]] = {
             "half_lives_ms": np.asarray(self.half_lives_ms, np.int64)}
-        sizes = (a.last_ts[0].size, a.last_ts[1].size, int(a.uc_size[0]))
         for k, key in enumerate(KEYS):
-            state[f"{key}_values"] = a.values[k][: sizes[k]].copy()
-            state[f"{key}_last_ts"] = a.last_ts[k][: sizes[k]].copy()
-            state[f"{key}_same_ts"] = a.same_ts[k][: sizes[k]].copy()
-        state["uc_keys"], state["uc_rows"] = dict_arrays(a.uc_rows)
+            state[key] = a.tables[k].copy()
         return state
 
     @classmethod
     def from_state_dict(cls, state: dict[str, np.ndarray]) -> Counters:
-        sizes = [len(state[f"{key}_last_ts"]) for key in KEYS]
+        sizes = [len(state[key]) for key in KEYS]
         counters = cls(tuple(int(h) for h in state["half_lives_ms"]),
                        *(max(n, 1) for n in sizes))
-        a = counters.arrays
         for k, key in enumerate(KEYS):
-            a.values[k][: sizes[k]] = state[f"{key}_values"]
-            a.last_ts[k][: sizes[k]] = state[f"{key}_last_ts"]
-            a.same_ts[k][: sizes[k]] = state[f"{key}_same_ts"]
-        a.uc_size[0] = sizes[2]
-        fill_dict(a.uc_rows, state["uc_keys"], state["uc_rows"])
+            counters.arrays.tables[k][: sizes[k]] = state[key]
         return counters
-
-
-def _grow(array: np.ndarray, rows: int, fill: float) -> np.ndarray:
-    extra = np.full((rows - array.shape[0], *array.shape[1:]), fill, array.dtype)
-    return np.concatenate([array, extra])

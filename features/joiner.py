@@ -64,12 +64,11 @@ import numpy as np
 
 from features import joinkernel as k
 from features.compiled import (
-    dict_arrays,
-    empty_heap,
-    fill_dict,
-    fill_heap,
-    heap_array,
-    new_dict,
+    new_table,
+    ring_unrolled,
+    table_from_items,
+    table_items,
+    table_reserve,
 )
 from features.counting import Counters, counter_names
 from features.events import Click, Impression, decode_click, decode_impression, encode_event
@@ -93,7 +92,7 @@ FINAL, FNW_NEGATIVE, FNW_POSITIVE = k.FINAL, k.FNW_NEGATIVE, k.FNW_POSITIVE
 _KIND_NAMES = {FINAL: "FINAL", FNW_NEGATIVE: "FNW_NEGATIVE", FNW_POSITIVE: "FNW_POSITIVE"}
 HOUR_MS = 3_600_000
 SNAPSHOT_FORMAT = 1
-_HEAP_WIDTH = {"ends": 3, "expiries": 2, "held_expiries": 2}
+_TABLES = ("index", "pairs", "held")  # JoinArrays fields that are hash tables
 
 
 @dataclass(frozen=True, slots=True)
@@ -346,11 +345,11 @@ class Joiner:
 
     @property
     def open_windows(self) -> int:
-        return len(self.arrays.ends)
+        return int(self.arrays.clock[k.K_ENDS] + self.arrays.clock[k.K_LATE_ENDS])
 
     @property
     def held_clicks(self) -> int:
-        return len(self.arrays.held)
+        return int(self.arrays.held.size[0])
 
     @property
     def watermark(self) -> int:
@@ -389,10 +388,8 @@ class Joiner:
                                  "half_lives_ms": np.asarray(self.config.count_half_lives_ms)}
         for name in k.JoinArrays._fields:
             value = getattr(a, name)
-            if name in ("index", "held"):
-                state[f"{name}_keys"], state[f"{name}_values"] = dict_arrays(value)
-            elif name in ("ends", "expiries", "held_expiries"):
-                state[name] = heap_array(value, _HEAP_WIDTH[name])
+            if name in _TABLES:
+                state[f"{name}_keys"], state[f"{name}_values"] = table_items(value)
             elif name != "cfg":
                 state[name] = value.copy()
         state["users"] = np.array(self.users.values, dtype=str)
@@ -422,12 +419,8 @@ class Joiner:
             raise ValueError("joiner snapshot was taken with another configuration")
         fields: dict[str, Any] = {"cfg": self.config.vector()}
         for name in k.JoinArrays._fields:
-            if name in ("index", "held"):
-                fields[name] = new_dict()
-                fill_dict(fields[name], state[f"{name}_keys"], state[f"{name}_values"])
-            elif name in ("ends", "expiries", "held_expiries"):
-                fields[name] = empty_heap(_HEAP_WIDTH[name])
-                fill_heap(fields[name], np.asarray(state[name]))
+            if name in _TABLES:
+                fields[name] = table_from_items(state[f"{name}_keys"], state[f"{name}_values"])
             elif name != "cfg":
                 fields[name] = np.array(state[name])
         self.arrays = k.JoinArrays(**fields)
@@ -461,8 +454,8 @@ class Joiner:
         waiting_events = self._waiting_events + (new_events or [])
         due = (np.ones(waiting.ts.size, bool) if bound is None else waiting.ts < bound)
         picked = np.flatnonzero(due)
-        order = picked[np.lexsort((waiting.key[picked], waiting.kind[picked],
-                                   waiting.ts[picked]))]
+        order = picked[k.event_order(waiting.ts[picked], waiting.kind[picked],
+                                     waiting.key[picked])]
         rest = np.flatnonzero(~due)
         self._waiting = EncodedEvents(*(column[rest] for column in waiting))
         if new_events is None:
@@ -472,6 +465,12 @@ class Joiner:
                 [waiting_events[i] for i in order])
 
     def _kernel(self, e: EncodedEvents, until: int, final: bool) -> k.BatchOutput:
+        if e.ts.size:
+            # The compiled code does not check bounds: codes must come from our interners.
+            for codes, interner in ((e.user, self.users), (e.item, self.items),
+                                    (e.cat, self.categories)):
+                if codes.max() >= len(interner) or codes.min() < -1:
+                    raise ValueError("encoded events hold codes this joiner never interned")
         n_imp = int(np.count_nonzero(e.kind == k.IMPRESSION))
         self._reserve(n_imp, len(e.kind))
         out = self._output(len(e.kind))
@@ -521,8 +520,8 @@ class Joiner:
 
     def _output(self, batch: int) -> k.BatchOutput:
         a = self.arrays
-        releases = len(a.ends) + 3 * batch + 1
-        orphans = len(a.held) + batch + 1
+        releases = self.open_windows + 3 * batch + 1
+        orphans = int(a.held.size[0]) + batch + 1
         return k.BatchOutput(
             status=np.zeros(batch, np.int8), row=np.full(batch, -1, np.int64),
             rel_event=np.empty(releases, np.int64), rel_phase=np.empty(releases, np.int8),
@@ -536,30 +535,39 @@ class Joiner:
         free_slots = int(a.clock[k.K_FREE_SLOTS])
         free_rows = int(a.clock[k.K_FREE_ROWS] + a.clock[k.K_PENDING_ROWS])
         if free_slots < impressions:
-            self._grow_slots(a.slot_key.size + max(impressions, a.slot_key.size // 2))
+            self._grow_slots(len(a.slots) + max(impressions, len(a.slots) // 2))
         if free_rows < impressions:
             self._grow_rows(a.recent_len.size + max(impressions, a.recent_len.size // 2))
+        a = self.arrays
+        held_needed = int(a.clock[k.K_HELD_EXPIRIES]) + events
+        if held_needed > len(a.held_expiries):
+            grow = max(held_needed, len(a.held_expiries) * 3 // 2) - len(a.held_expiries)
+            self.arrays = a._replace(held_expiries=np.concatenate(
+                [a.held_expiries, np.zeros((grow, 3), np.int64)]))
         now = int(self.arrays.clock[k.K_MAX_TS])
-        self.store.reserve(events + len(self.arrays.held), len(self.users), now)
-        self.counters.reserve(len(self.users), len(self.items), events)
+        self.arrays = self.arrays._replace(index=table_reserve(self.arrays.index, impressions),
+                                           pairs=table_reserve(self.arrays.pairs, impressions),
+                                           held=table_reserve(self.arrays.held,
+                                                              events - impressions))
+        pairs = int(self.arrays.clock[k.K_PAIRS]) + impressions
+        self.store.reserve(events + self.held_clicks, len(self.users), pairs, now)
+        self.counters.reserve(len(self.users), len(self.items), pairs)
 
     def _new_arrays(self, slots: int, rows: int) -> k.JoinArrays:
         c = self.config
         n, kk, f = c.recent_length, c.lifelong_top_k, 6 * len(c.count_half_lives_ms)
         return k.JoinArrays(
             cfg=c.vector(),
-            clock=np.array([-1, -1, slots, rows, 0], np.int64),
+            clock=np.array([-1, -1, slots, rows, 0, 0, 0, 0, 0, 0, 0, 0], np.int64),
             stats=np.zeros(len(k.STAT_NAMES), np.int64),
-            slot_key=np.zeros(slots, np.int64), slot_ts=np.zeros(slots, np.int64),
-            slot_user=np.zeros(slots, np.int32), slot_item=np.zeros(slots, np.int32),
-            slot_cat=np.zeros(slots, np.int32), slot_click_ts=np.full(slots, -1, np.int64),
-            slot_row=np.full(slots, -1, np.int64), slot_state=np.zeros(slots, np.int8),
+            slots=self._free_slot_rows(slots),
             free_slots=np.arange(slots - 1, -1, -1, dtype=np.int64),
             free_rows=np.arange(rows - 1, -1, -1, dtype=np.int64),
             pending_rows=np.zeros(rows, np.int64),
-            index=new_dict(), ends=empty_heap(_HEAP_WIDTH["ends"]),
-            expiries=empty_heap(_HEAP_WIDTH["expiries"]), held=new_dict(),
-            held_expiries=empty_heap(_HEAP_WIDTH["held_expiries"]),
+            index=new_table(2 * slots), pairs=new_table(), ends=np.zeros((slots, 3), np.int64),
+            late_ends=np.zeros((slots, 3), np.int64), expiries=np.zeros((slots, 3), np.int64),
+            held=new_table(),
+            held_expiries=np.zeros((1024, 3), np.int64),
             recent_item=np.zeros((rows, n), np.int32), recent_cat=np.zeros((rows, n), np.int32),
             recent_age=np.zeros((rows, n), np.float32), recent_len=np.zeros(rows, np.int32),
             topk_item=np.zeros((rows, kk), np.int32), topk_cat=np.zeros((rows, kk), np.int32),
@@ -569,19 +577,29 @@ class Joiner:
 
     def _grow_slots(self, slots: int) -> None:
         a = self.arrays
-        old = a.slot_key.size
+        old = len(a.slots)
         extra = slots - old
-        grown = {name: np.concatenate([getattr(a, name),
-                                       np.full(extra, fill, getattr(a, name).dtype)])
-                 for name, fill in (("slot_key", 0), ("slot_ts", 0), ("slot_user", 0),
-                                    ("slot_item", 0), ("slot_cat", 0), ("slot_click_ts", -1),
-                                    ("slot_row", -1), ("slot_state", k.FREE))}
+        grown = {"slots": np.concatenate([a.slots, self._free_slot_rows(extra)])}
         free = int(a.clock[k.K_FREE_SLOTS])
         free_slots = np.empty(slots, np.int64)
         free_slots[:free] = a.free_slots[:free]
         free_slots[free:free + extra] = np.arange(slots - 1, old - 1, -1)
         a.clock[k.K_FREE_SLOTS] = free + extra
-        self.arrays = a._replace(free_slots=free_slots, **grown)
+        # A slot sits in at most one of the queues at a time: each can hold every slot.
+        rings = {name: ring_unrolled(getattr(a, name), int(a.clock[head]), int(a.clock[size]),
+                                     slots)
+                 for name, head, size in (("ends", k.K_ENDS_HEAD, k.K_ENDS),
+                                          ("expiries", k.K_EXPIRIES_HEAD, k.K_EXPIRIES))}
+        a.clock[k.K_ENDS_HEAD] = a.clock[k.K_EXPIRIES_HEAD] = 0
+        late = np.concatenate([a.late_ends, np.zeros((extra, 3), np.int64)])
+        self.arrays = a._replace(free_slots=free_slots, late_ends=late, **grown, **rings)
+
+    @staticmethod
+    def _free_slot_rows(n: int) -> np.ndarray:
+        rows = np.zeros((n, 8), np.int64)
+        rows[:, k.SL_CLICK_TS] = k.NO_CLICK
+        rows[:, k.SL_ROW] = -1
+        return rows
 
     def _grow_rows(self, rows: int) -> None:
         a = self.arrays

@@ -6,7 +6,8 @@ bytes in all, plus two back-pointers that thread it into two lists:
 * the user's list (newest first): the *recent sequence* is its first N entries
   older than the impression;
 * the user × category list: a SIM-style *hard search* for the impression's
-  category walks K entries of it — O(K), whatever the user's history length.
+  category walks K entries of it — O(K), whatever the user's history length. The
+  joiner numbers (user, category) pairs; the store keeps each pair's newest entry.
 
 A user keeps at most ``cap`` behaviours (older ones are skipped, then reclaimed)
 and none older than ``ttl_ms``. Reading for an impression at time ``t`` returns only
@@ -27,13 +28,17 @@ from typing import NamedTuple
 
 import numba as nb
 import numpy as np
-from numba.typed import Dict
-
-from features.compiled import dict_arrays, fill_dict, get_or, new_dict
 
 __all__ = ["BehaviourStore", "StoreArrays"]
 
 _INT32_MAX = np.iinfo(np.int32).max
+HEAD, TOTAL = 0, 1  # columns of StoreArrays.users
+
+
+def _new_users(n: int) -> np.ndarray:
+    users = np.zeros((n, 2), np.int32)
+    users[:, HEAD] = -1
+    return users
 
 
 class StoreArrays(NamedTuple):
@@ -47,40 +52,36 @@ class StoreArrays(NamedTuple):
     prev_uc: np.ndarray  # int32 (C,) previous behaviour of the same user and category
     seq: np.ndarray  # int32 (C,) the behaviour's number in its user's history
     size: np.ndarray  # int64 (1,)
-    user_head: np.ndarray  # int32 (U,) newest behaviour of each user, -1: none
-    user_total: np.ndarray  # int32 (U,) behaviours ever stored for each user
-    uc_head: Dict  # int64 (user << 32 | cat) -> newest behaviour of that pair
+    users: np.ndarray  # int32 (U, 2): newest behaviour of each user (-1: none) and the
+    # number of behaviours ever stored for it, side by side: one cache line per user
+    pair_head: np.ndarray  # int32 (P,) newest behaviour of each user × category pair
 
 
-@nb.njit(cache=True)
-def uc_key(user: int, cat: int) -> int:
-    return (np.int64(user) << 32) | np.int64(cat)
-
-
-@nb.njit(cache=True)
-def store_add(s: StoreArrays, user: int, item: int, cat: int, ts: int) -> None:
-    """Append one behaviour (capacity must have been reserved)."""
+@nb.njit(cache=True, inline="always")
+def store_add(s: StoreArrays, user: int, item: int, cat: int, pair: int, ts: int) -> None:
+    """Append one behaviour; ``pair`` is the joiner's id of (user, cat) (capacity reserved)."""
     row = s.size[0]
     s.size[0] = row + 1
     s.user[row] = user
     s.item[row] = item
     s.cat[row] = cat
     s.ts[row] = ts
-    s.prev_user[row] = s.user_head[user]
-    s.user_head[user] = row
-    s.seq[row] = s.user_total[user]
-    s.user_total[user] += 1
-    key = uc_key(user, cat)
-    s.prev_uc[row] = get_or(s.uc_head, key, -1)
-    s.uc_head[key] = row
+    s.prev_user[row] = s.users[user, HEAD]
+    s.users[user, HEAD] = row
+    s.seq[row] = s.users[user, TOTAL]
+    s.users[user, TOTAL] += 1
+    s.prev_uc[row] = s.pair_head[pair]
+    s.pair_head[pair] = row
 
 
-@nb.njit(cache=True)
+@nb.njit(cache=True, inline="always")
 def store_read(
     s: StoreArrays, head: int, by_category: bool, user: int, t: int, n: int, cap: int,
     ttl_ms: int, slack_ms: int, out_item: np.ndarray, out_cat: np.ndarray, out_age: np.ndarray,
+    out_row: int,
 ) -> int:
-    """Write up to ``n`` behaviours older than ``t`` from a list into the outputs; return count.
+    """Write up to ``n`` behaviours older than ``t`` from a list into row ``out_row`` of the
+    output arrays (rows, not views: a view costs reference counting); return the count.
 
     ``out_age`` is in seconds (float32). The walk stops at the user's cap, or at an
     entry older than the TTL by more than ``slack_ms`` (lists are in arrival order,
@@ -88,7 +89,7 @@ def store_read(
     """
     if head < 0:
         return 0
-    oldest_seq = s.user_total[user] - cap
+    oldest_seq = s.users[user, TOTAL] - cap
     row = head
     k = 0
     while row >= 0 and k < n:
@@ -96,55 +97,52 @@ def store_read(
             break
         bt = s.ts[row]
         if bt < t and bt >= t - ttl_ms:
-            out_item[k] = s.item[row]
-            out_cat[k] = s.cat[row]
-            out_age[k] = (t - bt) / 1000.0
+            out_item[out_row, k] = s.item[row]
+            out_cat[out_row, k] = s.cat[row]
+            out_age[out_row, k] = (t - bt) / 1000.0
             k += 1
         row = s.prev_uc[row] if by_category else s.prev_user[row]
     return k
 
 
-@nb.njit(cache=True)
-def store_recent(s, user, t, n, cap, ttl_ms, slack_ms, out_item, out_cat, out_age) -> int:
+@nb.njit(cache=True, inline="always")
+def store_recent(s, user, t, n, cap, ttl_ms, slack_ms, out_item, out_cat, out_age,
+                 out_row) -> int:
     """The user's last ``n`` behaviours before ``t``, newest first."""
-    if user >= s.user_head.size:
+    if user >= s.users.shape[0]:
         return 0
-    return store_read(s, s.user_head[user], False, user, t, n, cap, ttl_ms, slack_ms,
-                      out_item, out_cat, out_age)
+    return store_read(s, s.users[user, HEAD], False, user, t, n, cap, ttl_ms, slack_ms,
+                      out_item, out_cat, out_age, out_row)
 
 
-@nb.njit(cache=True)
-def store_same_category(s, user, cat, t, k, cap, ttl_ms, slack_ms, out_item, out_cat,
-                        out_age) -> int:
-    """Hard search: the user's ``k`` most recent behaviours in ``cat`` before ``t``."""
-    head = get_or(s.uc_head, uc_key(user, cat), -1)
+@nb.njit(cache=True, inline="always")
+def store_same_category(s, user, pair, t, k, cap, ttl_ms, slack_ms, out_item, out_cat,
+                        out_age, out_row) -> int:
+    """Hard search: the user's ``k`` most recent behaviours of the pair's category before ``t``."""
+    head = s.pair_head[pair] if pair < s.pair_head.size else -1
     return store_read(s, head, True, user, t, k, cap, ttl_ms, slack_ms, out_item, out_cat,
-                      out_age)
+                      out_age, out_row)
 
 
-@nb.njit(cache=True)
+@nb.njit(cache=True, inline="always")
 def _live_rows(s: StoreArrays, now: int, cap: int, ttl_ms: int) -> np.ndarray:
     n = s.size[0]
     keep = np.empty(n, dtype=np.bool_)
     for row in range(n):
         u = s.user[row]
-        keep[row] = s.seq[row] >= s.user_total[u] - cap and s.ts[row] >= now - ttl_ms
+        keep[row] = s.seq[row] >= s.users[u, TOTAL] - cap and s.ts[row] >= now - ttl_ms
     return keep
 
 
-@nb.njit(cache=True)
+@nb.njit(cache=True, inline="always")
 def _remap_pointers(s: StoreArrays, new_index: np.ndarray, n_users: int) -> None:
     # Pointers to reclaimed rows become -1: lists end where a cap or the TTL ended them.
     for u in range(n_users):
-        h = s.user_head[u]
-        s.user_head[u] = -1 if h < 0 else new_index[h]
-    keys, rows = dict_arrays(s.uc_head)
-    for j in range(keys.size):
-        moved = new_index[rows[j]]
-        if moved < 0:
-            del s.uc_head[keys[j]]
-        else:
-            s.uc_head[keys[j]] = moved
+        h = s.users[u, HEAD]
+        s.users[u, HEAD] = -1 if h < 0 else new_index[h]
+    for p in range(s.pair_head.size):
+        h = s.pair_head[p]
+        s.pair_head[p] = -1 if h < 0 else new_index[h]
 
 
 def _remap_chain(prev: np.ndarray, new_index: np.ndarray) -> np.ndarray:
@@ -157,20 +155,20 @@ def _remap_chain(prev: np.ndarray, new_index: np.ndarray) -> np.ndarray:
 class BehaviourStore:
     """Python owner of the store's arrays: growth, reclamation, snapshots."""
 
-    def __init__(self, cap: int, ttl_ms: int, capacity: int = 1 << 16, users: int = 1 << 12):
+    def __init__(self, cap: int, ttl_ms: int, capacity: int = 1 << 16, users: int = 1 << 12,
+                 pairs: int = 1 << 14):
         if cap < 1:
             raise ValueError(f"cap must be >= 1, got {cap}")
         if ttl_ms < 1:
             raise ValueError(f"ttl_ms must be >= 1, got {ttl_ms}")
         self.cap, self.ttl_ms = cap, ttl_ms
-        uc_head = new_dict()
         self.arrays = StoreArrays(
             user=np.zeros(capacity, np.int32), item=np.zeros(capacity, np.int32),
             cat=np.zeros(capacity, np.int32), ts=np.zeros(capacity, np.int64),
             prev_user=np.zeros(capacity, np.int32), prev_uc=np.zeros(capacity, np.int32),
             seq=np.zeros(capacity, np.int32), size=np.zeros(1, np.int64),
-            user_head=np.full(users, -1, np.int32), user_total=np.zeros(users, np.int32),
-            uc_head=uc_head,
+            users=_new_users(users),
+            pair_head=np.full(pairs, -1, np.int32),
         )
 
     def __len__(self) -> int:
@@ -180,17 +178,15 @@ class BehaviourStore:
     def capacity(self) -> int:
         return self.arrays.user.size
 
-    def reserve(self, rows: int, users: int, now: int) -> None:
-        """Make room for ``rows`` more behaviours and user codes below ``users``."""
+    def reserve(self, rows: int, users: int, pairs: int, now: int) -> None:
+        """Make room for ``rows`` more behaviours, user codes < ``users``, pair ids < ``pairs``."""
         a = self.arrays
-        if users > a.user_head.size:
-            grow = max(users, a.user_head.size * 3 // 2)
-            a = a._replace(
-                user_head=np.concatenate([a.user_head, np.full(grow - a.user_head.size, -1,
-                                                                np.int32)]),
-                user_total=np.concatenate([a.user_total, np.zeros(grow - a.user_total.size,
-                                                                  np.int32)]),
-            )
+        if pairs > a.pair_head.size:
+            grow = max(pairs, a.pair_head.size * 2) - a.pair_head.size
+            a = a._replace(pair_head=np.concatenate([a.pair_head, np.full(grow, -1, np.int32)]))
+        if users > len(a.users):
+            grow = max(users, len(a.users) * 2) - len(a.users)
+            a = a._replace(users=np.concatenate([a.users, _new_users(grow)]))
         self.arrays = a
         if len(self) + rows <= self.capacity:
             return
@@ -225,31 +221,30 @@ class BehaviourStore:
             column[: kept.size] = column[kept]
         a.prev_user[: kept.size] = prev_user
         a.prev_uc[: kept.size] = prev_uc
-        _remap_pointers(a, new_index, a.user_head.size)
+        _remap_pointers(a, new_index, len(a.users))
         a.size[0] = kept.size
 
     def state_dict(self) -> dict[str, np.ndarray | int]:
-        """Rows in use, the heads, and the user × category index as key/row arrays."""
+        """Rows in use and the list heads."""
         a, n = self.arrays, len(self)
         state: dict[str, np.ndarray | int] = {"cap": self.cap, "ttl_ms": self.ttl_ms}
         for name in ("user", "item", "cat", "ts", "prev_user", "prev_uc", "seq"):
             state[name] = getattr(a, name)[:n].copy()
-        state["user_head"] = a.user_head.copy()
-        state["user_total"] = a.user_total.copy()
-        state["uc_keys"], state["uc_rows"] = dict_arrays(a.uc_head)
+        state["users"] = a.users.copy()
+        state["pair_head"] = a.pair_head.copy()
         return state
 
     @classmethod
     def from_state_dict(cls, state: dict[str, np.ndarray | int]) -> BehaviourStore:
         n = len(state["user"])  # type: ignore[arg-type]
         store = cls(int(state["cap"]), int(state["ttl_ms"]), capacity=max(n, 1 << 16),
-                    users=max(len(state["user_head"]), 1))  # type: ignore[arg-type]
+                    users=max(len(state["users"]), 1),  # type: ignore[arg-type]
+                    pairs=max(len(state["pair_head"]), 1))  # type: ignore[arg-type]
         a = store.arrays
         for name in ("user", "item", "cat", "ts", "prev_user", "prev_uc", "seq"):
             getattr(a, name)[:n] = state[name]
-        a.user_head[:] = state["user_head"]
-        a.user_total[:] = state["user_total"]
+        a.users[:] = state["users"]
         a.size[0] = n
-        fill_dict(a.uc_head, state["uc_keys"], state["uc_rows"])  # type: ignore[arg-type]
+        a.pair_head[:] = state["pair_head"]
         return store
 
