@@ -5,8 +5,9 @@ Names are ``field=value`` strings with value 1.0; learners hash the names.
 * ids and position, and crosses whose interaction matters for CTR: a user's taste
   for a category, an item's position effect, a category's appeal in a context;
 * behaviour, from the joiner (strictly before the impression): the categories of
-  the user's recent clicks, and how many of the user's recent clicks fall in the
-  impression's category (the lifelong hard search), bucketed;
+  the user's recent clicks, whether the user recently clicked this very item, and
+  how many of the user's recent clicks fall in the impression's category (the
+  lifelong hard search), bucketed;
 * a constant ``bias``, which gives linear learners an intercept with its own
   per-coordinate learning rate (river's intercept is off in the parity setting).
 
@@ -56,7 +57,8 @@ def impression_features(imp: Impression, joined: JoinedFeatures) -> dict[str, fl
     for key, value in imp.context.items():
         x[f"ctx.{key}={value}"] = 1.0
         x[f"category×ctx.{key}={imp.category_id}|{value}"] = 1.0
-    categories = joined.categories_of_recent()
-    for category in categories:
+    for category in joined.categories_of_recent():
         x[f"recent_category={category}"] = 1.0
+    if joined.recently_clicked(imp.item_id):
+        x["recent_item_match"] = 1.0
     return x

@@ -72,6 +72,10 @@ class Interner:
             .to_numpy()
         )
 
+    def code(self, value: str) -> int | None:
+        """The code of ``value``, None if it was never interned."""
+        return self._codes.get(value)
+
     def value(self, code: int) -> str:
         return self._values[code]
 

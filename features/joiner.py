@@ -236,6 +236,11 @@ class JoinedFeatures:
     def same_category(self) -> list[tuple[str, str, float]]:
         return self._decode(self.topk_item, self.topk_cat, self.topk_age_s)
 
+    def recently_clicked(self, item_id: str) -> bool:
+        """Whether the item is in the recent sequence."""
+        code = self._joiner.items.code(item_id)
+        return code is not None and bool((self.recent_item == code).any())
+
     def categories_of_recent(self) -> list[str]:
         """Distinct categories of the recent sequence, newest first."""
         value = self._joiner.categories.value
