@@ -48,7 +48,7 @@ class CounterArrays(NamedTuple):
     imps_h0, clicks_h0, imps_h1, …]`` (float64; times in ms are exact below 2**53), so
     reading and updating a key touches one or two cache lines."""
 
-    half_lives_ms: np.ndarray  # float64 (H,)
+    decay_per_ms: np.ndarray  # float64 (H,): ln 2 / half-life, so decay = exp(-rate * age)
     tables: tuple[np.ndarray, np.ndarray, np.ndarray]  # float64 (R_k, 3 + 2H): by user,
     # by item, by (user, category) pair id (the joiner numbers the pairs)
 
@@ -75,7 +75,7 @@ def smoothed_ctr(clicks: np.ndarray, imps: np.ndarray, prior_ctr: float, strengt
 
 
 @nb.njit(cache=True, inline="always")
-def _at(tab, row, half_lives, t) -> bool:
+def _at(tab, row, rates, t) -> bool:
     """Decay row ``row`` of ``tab`` forward to ``t`` when ``t`` is newer; return whether
     the row is at ``t``
     (False: the row already holds a newer event, ``t`` is a late arrival)."""
@@ -84,8 +84,8 @@ def _at(tab, row, half_lives, t) -> bool:
         return False
     if last < t:
         if last >= 0:
-            for h in range(half_lives.size):
-                f = np.exp(-_LN2 * (t - last) / half_lives[h])
+            for h in range(rates.size):
+                f = np.exp(-rates[h] * (t - last))
                 tab[row, FIRST + 2 * h] *= f
                 tab[row, FIRST + 2 * h + 1] *= f
         tab[row, SAME_IMPS] = 0.0
@@ -95,23 +95,23 @@ def _at(tab, row, half_lives, t) -> bool:
 
 
 @nb.njit(cache=True, inline="always")
-def _count(tab, row, half_lives, t, column, at_t):
+def _count(tab, row, rates, t, column, at_t):
     if at_t:
-        for h in range(half_lives.size):
+        for h in range(rates.size):
             tab[row, FIRST + 2 * h + column] += 1.0
         tab[row, SAME_IMPS + column] += 1.0
     else:  # a late event: added with its own decay to the row's time
         age = tab[row, LAST] - t
-        for h in range(half_lives.size):
-            tab[row, FIRST + 2 * h + column] += np.exp(-_LN2 * age / half_lives[h])
+        for h in range(rates.size):
+            tab[row, FIRST + 2 * h + column] += np.exp(-rates[h] * age)
 
 
 @nb.njit(cache=True, inline="always")
-def _observe(tab, row, half_lives, t, out, out_row, offset):
+def _observe(tab, row, rates, t, out, out_row, offset):
     """Write the row's counts as of ``t`` (events strictly before it) from ``offset``,
     then count an impression at ``t``. A late impression reads the row at its newest time."""
-    at_t = _at(tab, row, half_lives, t)
-    for h in range(half_lives.size):
+    at_t = _at(tab, row, rates, t)
+    for h in range(rates.size):
         imps = tab[row, FIRST + 2 * h]
         clicks = tab[row, FIRST + 2 * h + 1]
         if at_t:  # leave out what happened at t itself
@@ -119,32 +119,32 @@ def _observe(tab, row, half_lives, t, out, out_row, offset):
             clicks -= tab[row, SAME_CLICKS]
         out[out_row, offset + 2 * h] = max(imps, 0.0)
         out[out_row, offset + 2 * h + 1] = max(clicks, 0.0)
-    _count(tab, row, half_lives, t, 0, at_t)
+    _count(tab, row, rates, t, 0, at_t)
 
 
 @nb.njit(cache=True, inline="always")
-def _add(tab, row, half_lives, t, column):
-    _count(tab, row, half_lives, t, column, _at(tab, row, half_lives, t))
+def _add(tab, row, rates, t, column):
+    _count(tab, row, rates, t, column, _at(tab, row, rates, t))
 
 
 @nb.njit(cache=True, inline="always")
 def counters_observe(c: CounterArrays, user: int, item: int, pair: int, t: int, out,
-                     out_row: int) -> None:
+                     out_row: int, offset: int) -> None:
     """An impression at ``t``: write its ``3 * H * 2`` features into row ``out_row`` of
-    ``out``, then count it."""
-    width = 2 * c.half_lives_ms.size
-    hl = c.half_lives_ms
+    ``out`` from column ``offset``, then count it."""
+    width = 2 * c.decay_per_ms.size
+    hl = c.decay_per_ms
     # The three keys unrolled: a tuple indexed by a constant costs nothing.
-    _observe(c.tables[0], user, hl, t, out, out_row, 0)
-    _observe(c.tables[1], item, hl, t, out, out_row, width)
-    _observe(c.tables[2], pair, hl, t, out, out_row, 2 * width)
+    _observe(c.tables[0], user, hl, t, out, out_row, offset)
+    _observe(c.tables[1], item, hl, t, out, out_row, offset + width)
+    _observe(c.tables[2], pair, hl, t, out, out_row, offset + 2 * width)
 
 
 @nb.njit(cache=True, inline="always")
 def counters_add(c: CounterArrays, user: int, item: int, pair: int, t: int, column: int
                  ) -> None:
     """Count an impression (``column`` 0) or a click (1) at time ``t`` for all three keys."""
-    hl = c.half_lives_ms
+    hl = c.decay_per_ms
     _add(c.tables[0], user, hl, t, column)
     _add(c.tables[1], item, hl, t, column)
     _add(c.tables[2], pair, hl, t, column)
@@ -159,7 +159,7 @@ class Counters:
             raise ValueError(f"half-lives must be positive, got {half_lives_ms}")
         self.half_lives_ms = tuple(int(h) for h in half_lives_ms)
         self.arrays = CounterArrays(
-            half_lives_ms=np.asarray(self.half_lives_ms, np.float64),
+            decay_per_ms=_LN2 / np.asarray(self.half_lives_ms, np.float64),
             tables=tuple(self._new_rows(n) for n in (users, items, pairs)),  # type: ignore[arg-type]
         )
 

@@ -91,7 +91,7 @@ __all__ = [
 FINAL, FNW_NEGATIVE, FNW_POSITIVE = k.FINAL, k.FNW_NEGATIVE, k.FNW_POSITIVE
 _KIND_NAMES = {FINAL: "FINAL", FNW_NEGATIVE: "FNW_NEGATIVE", FNW_POSITIVE: "FNW_POSITIVE"}
 HOUR_MS = 3_600_000
-SNAPSHOT_FORMAT = 1
+SNAPSHOT_FORMAT = 2
 _TABLES = ("index", "pairs", "held")  # JoinArrays fields that are hash tables
 
 
@@ -261,6 +261,8 @@ class Joiner:
         self.store = BehaviourStore(self.config.lifelong_cap, self.config.lifelong_ttl_ms)
         self.counters = Counters(self.config.count_half_lives_ms)
         self.count_names = counter_names(self.config.count_half_lives_ms)
+        self._layout = k.feature_layout(self.config.recent_length, self.config.lifelong_top_k,
+                                        len(self.count_names))
         self.arrays = self._new_arrays(slots=1024, rows=1024)
         self._impressions: list[Impression | None] = [None] * 1024  # by feature row
         self._held: dict[int, Click] = {}  # originals of held clicks, by impression key
@@ -271,6 +273,7 @@ class Joiner:
         self._waiting = self._no_events
         self._waiting_events: list[Impression | Click] = []
         self._max_seen = -1
+        self._out: k.BatchOutput | None = None
 
     # -- the public surface -------------------------------------------------------------
 
@@ -321,7 +324,9 @@ class Joiner:
     def process(self, encoded: EncodedEvents) -> tuple[k.BatchOutput, EncodedEvents]:
         """The array-only form of :meth:`push` (no event objects, no releases decoded).
 
-        Returns the kernel's output and the events it processed, in that order.
+        Returns the kernel's output (valid until the next call: its buffers are reused;
+        ``counts`` says how many releases and orphans it holds) and the events it
+        processed, in that order.
         """
         if encoded.ts.size:
             self._max_seen = max(self._max_seen, int(encoded.ts.max()))
@@ -331,11 +336,14 @@ class Joiner:
 
     def features(self, row: int) -> JoinedFeatures:
         """Features of the impression at feature row ``row`` (valid until the next push)."""
-        a = self.arrays
-        n, m = a.recent_len[row], a.topk_len[row]
-        return JoinedFeatures(a.recent_item[row, :n], a.recent_cat[row, :n],
-                              a.recent_age[row, :n], a.topk_item[row, :m], a.topk_cat[row, :m],
-                              a.topk_age[row, :m], a.counts[row], self)
+        f, ff = self.arrays.features[row], self.arrays.features_f[row]
+        recent_at, topk_at, _ = self._layout
+        n, m = f[k.F_RECENT_LEN], f[k.F_TOPK_LEN]
+        recent = slice(recent_at, recent_at + 3 * n)
+        topk = slice(topk_at, topk_at + 3 * m)
+        return JoinedFeatures(f[recent][0::3], f[recent][1::3], ff[recent][2::3],
+                              f[topk][0::3], f[topk][1::3], ff[topk][2::3],
+                              ff[k.F_COUNTS:recent_at], self)
 
     def impression(self, row: int) -> Impression:
         """The open impression at feature row ``row``."""
@@ -384,6 +392,19 @@ class Joiner:
                 kind[i] = k.CLICK
         return EncodedEvents(kind, key, user, item, cat, ts)
 
+    def presize(self, users: int, items: int, pairs: int, batch: int) -> None:
+        """Allocate up front for an input of this many distinct users, items and (user,
+        category) pairs, pushed in batches of at most ``batch`` events.
+
+        Optional: state grows as needed, but growing a table of millions of rows copies
+        it; a replay knows its input and saves those copies. (Before each batch the
+        joiner makes room for every impression in it to be a new pair, hence ``batch``.)
+        """
+        pairs += batch
+        self.arrays = self.arrays._replace(pairs=table_reserve(self.arrays.pairs, pairs))
+        self.store.reserve(0, users, pairs, int(self.arrays.clock[k.K_MAX_TS]))
+        self.counters.reserve(users, items, pairs)
+
     # -- snapshots ------------------------------------------------------------------------
 
     def state_dict(self) -> dict[str, Any]:
@@ -395,7 +416,7 @@ class Joiner:
             value = getattr(a, name)
             if name in _TABLES:
                 state[f"{name}_keys"], state[f"{name}_values"] = table_items(value)
-            elif name != "cfg":
+            elif name not in ("cfg", "features_f"):
                 state[name] = value.copy()
         state["users"] = np.array(self.users.values, dtype=str)
         state["items"] = np.array(self.items.values, dtype=str)
@@ -426,13 +447,14 @@ class Joiner:
         for name in k.JoinArrays._fields:
             if name in _TABLES:
                 fields[name] = table_from_items(state[f"{name}_keys"], state[f"{name}_values"])
-            elif name != "cfg":
+            elif name not in ("cfg", "features_f"):
                 fields[name] = np.array(state[name])
+        fields["features_f"] = fields["features"].view(np.float32)
         self.arrays = k.JoinArrays(**fields)
         self.users = Interner([str(v) for v in state["users"]])
         self.items = Interner([str(v) for v in state["items"]])
         self.categories = Interner([str(v) for v in state["categories"]])
-        self._impressions = [None] * self.arrays.recent_len.size
+        self._impressions = [None] * len(self.arrays.features)
         for row, raw in zip(state["open_rows"], state["open_impressions"], strict=True):
             self._impressions[int(row)] = decode_impression(str(raw))
         self._held = {}
@@ -520,20 +542,29 @@ class Joiner:
             event = int(out.orphan_event[o])
             key = int(out.orphan_key[o])
             orphans.append(events[event] if event >= 0 else self._held.pop(key))
-        return JoinResult(list(events), out.status[: len(events)], out.row[: len(events)],
-                          releases, orphans)  # type: ignore[arg-type]
+        n = len(events)
+        return JoinResult(list(events), out.status[:n].copy(), out.row[:n].copy(), releases,
+                          orphans)  # type: ignore[arg-type]
 
     def _output(self, batch: int) -> k.BatchOutput:
-        a = self.arrays
+        """Output buffers for a batch, reused while large enough: fresh ones each batch
+        would cost page faults on every call. Valid until the next call."""
         releases = self.open_windows + 3 * batch + 1
-        orphans = int(a.held.size[0]) + batch + 1
-        return k.BatchOutput(
-            status=np.zeros(batch, np.int8), row=np.full(batch, -1, np.int64),
-            rel_event=np.empty(releases, np.int64), rel_phase=np.empty(releases, np.int8),
-            rel_kind=np.empty(releases, np.int8), rel_row=np.empty(releases, np.int64),
-            rel_label=np.empty(releases, np.int8), rel_click_ts=np.empty(releases, np.int64),
-            rel_final_ts=np.empty(releases, np.int64), orphan_key=np.empty(orphans, np.int64),
-            orphan_event=np.empty(orphans, np.int64), counts=np.zeros(2, np.int64))
+        orphans = self.held_clicks + batch + 1
+        out = self._out
+        if out is None or len(out.status) < batch or len(out.rel_event) < releases or \
+                len(out.orphan_key) < orphans:
+            batch, releases, orphans = (max(batch, 1024), 2 * releases, 2 * orphans)
+            out = self._out = k.BatchOutput(
+                status=np.zeros(batch, np.int8), row=np.full(batch, -1, np.int64),
+                rel_event=np.empty(releases, np.int64), rel_phase=np.empty(releases, np.int8),
+                rel_kind=np.empty(releases, np.int8), rel_row=np.empty(releases, np.int64),
+                rel_label=np.empty(releases, np.int8),
+                rel_click_ts=np.empty(releases, np.int64),
+                rel_final_ts=np.empty(releases, np.int64),
+                orphan_key=np.empty(orphans, np.int64), orphan_event=np.empty(orphans, np.int64),
+                counts=np.zeros(2, np.int64))
+        return out
 
     def _reserve(self, impressions: int, events: int) -> None:
         a = self.arrays
@@ -542,7 +573,7 @@ class Joiner:
         if free_slots < impressions:
             self._grow_slots(len(a.slots) + max(impressions, len(a.slots) // 2))
         if free_rows < impressions:
-            self._grow_rows(a.recent_len.size + max(impressions, a.recent_len.size // 2))
+            self._grow_rows(len(a.features) + max(impressions, len(a.features) // 2))
         a = self.arrays
         held_needed = int(a.clock[k.K_HELD_EXPIRIES]) + events
         if held_needed > len(a.held_expiries):
@@ -560,7 +591,7 @@ class Joiner:
 
     def _new_arrays(self, slots: int, rows: int) -> k.JoinArrays:
         c = self.config
-        n, kk, f = c.recent_length, c.lifelong_top_k, 6 * len(c.count_half_lives_ms)
+        features = np.zeros((rows, self._layout[2]), np.int32)
         return k.JoinArrays(
             cfg=c.vector(),
             clock=np.array([-1, -1, slots, rows, 0, 0, 0, 0, 0, 0, 0, 0], np.int64),
@@ -573,11 +604,7 @@ class Joiner:
             late_ends=np.zeros((slots, 3), np.int64), expiries=np.zeros((slots, 3), np.int64),
             held=new_table(),
             held_expiries=np.zeros((1024, 3), np.int64),
-            recent_item=np.zeros((rows, n), np.int32), recent_cat=np.zeros((rows, n), np.int32),
-            recent_age=np.zeros((rows, n), np.float32), recent_len=np.zeros(rows, np.int32),
-            topk_item=np.zeros((rows, kk), np.int32), topk_cat=np.zeros((rows, kk), np.int32),
-            topk_age=np.zeros((rows, kk), np.float32), topk_len=np.zeros(rows, np.int32),
-            counts=np.zeros((rows, f), np.float32),
+            features=features, features_f=features.view(np.float32),
         )
 
     def _grow_slots(self, slots: int) -> None:
@@ -608,13 +635,10 @@ class Joiner:
 
     def _grow_rows(self, rows: int) -> None:
         a = self.arrays
-        old = a.recent_len.size
+        old = len(a.features)
         extra = rows - old
-        names = ("recent_item", "recent_cat", "recent_age", "recent_len", "topk_item",
-                 "topk_cat", "topk_age", "topk_len", "counts")
-        grown = {name: np.concatenate([getattr(a, name),
-                                       np.zeros((extra, *getattr(a, name).shape[1:]),
-                                                getattr(a, name).dtype)]) for name in names}
+        features = np.concatenate([a.features, np.zeros((extra, a.features.shape[1]), np.int32)])
+        grown = {"features": features, "features_f": features.view(np.float32)}
         free = int(a.clock[k.K_FREE_ROWS])
         free_rows = np.empty(rows, np.int64)
         free_rows[:free] = a.free_rows[:free]

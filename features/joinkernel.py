@@ -69,6 +69,19 @@ STAT_NAMES = (
  S_BEHAVIOURS) = range(len(STAT_NAMES))
 # Configuration vector.
 (C_WINDOW, C_LATENESS, C_RETENTION, C_MODE, C_RECENT, C_TOPK, C_CAP, C_TTL) = range(8)
+# FEATURES: layout of an impression's feature row (int32 units). The two lengths and
+# the counting features come first (always written); then the recent sequence and the
+# same-category sequence as (item, category, age) triples, interleaved so the first
+# entries of a short history share a cache line with the rest of the row's head.
+F_RECENT_LEN, F_TOPK_LEN, F_COUNTS = 0, 1, 2
+
+
+@nb.njit(cache=True, inline="always")
+def feature_layout(recent: int, top_k: int, counts: int) -> tuple[int, int, int]:
+    """Column where the recent triples start, where the same-category ones start, width."""
+    recent_at = F_COUNTS + counts
+    topk_at = recent_at + 3 * recent
+    return recent_at, topk_at, topk_at + 3 * top_k
 # Clock vector: times, free-list tops, heap sizes, ring heads and lengths.
 (K_WATERMARK, K_MAX_TS, K_FREE_SLOTS, K_FREE_ROWS, K_PENDING_ROWS, K_LATE_ENDS,
  K_HELD_EXPIRIES, K_ENDS_HEAD, K_ENDS, K_EXPIRIES_HEAD, K_EXPIRIES, K_PAIRS) = range(12)
@@ -89,15 +102,8 @@ class JoinArrays(NamedTuple):
     expiries: np.ndarray  # int64 (S, 3) ring of (retention end, slot, impression key)
     held: HashTable  # impression key -> click time, for clicks waiting for their impression
     held_expiries: np.ndarray  # int64 (H, 3) heap of (click time + window, key, 0)
-    recent_item: np.ndarray  # int32 (R, N)
-    recent_cat: np.ndarray  # int32 (R, N)
-    recent_age: np.ndarray  # float32 (R, N) seconds
-    recent_len: np.ndarray  # int32 (R,)
-    topk_item: np.ndarray  # int32 (R, K)
-    topk_cat: np.ndarray  # int32 (R, K)
-    topk_age: np.ndarray  # float32 (R, K)
-    topk_len: np.ndarray  # int32 (R,)
-    counts: np.ndarray  # float32 (R, F)
+    features: np.ndarray  # int32 (R, W): one packed row per open impression, see FEATURES
+    features_f: np.ndarray  # float32 view of the same memory, for ages and counts
 
 
 class BatchOutput(NamedTuple):
@@ -289,16 +295,19 @@ def _impression(j, store, counters, out, i, key, user, item, cat, ts):
     _push_end(j, ts + j.cfg[C_WINDOW], j.stats[S_IMPS], slot)
     # Features as of ts (strictly earlier behaviour), then the impression is counted.
     cap, ttl, slack = j.cfg[C_CAP], j.cfg[C_TTL], j.cfg[C_LATENESS]  # slack: arrival vs ts
-    j.recent_len[row] = store_recent(store, user, ts, j.cfg[C_RECENT], cap, ttl, slack,
-                                     j.recent_item, j.recent_cat, j.recent_age, row)
-    j.topk_len[row] = store_same_category(store, user, pair, ts, j.cfg[C_TOPK], cap, ttl,
-                                          slack, j.topk_item, j.topk_cat, j.topk_age, row)
-    counters_observe(counters, user, item, pair, ts, j.counts, row)
+    n_recent, n_topk = j.cfg[C_RECENT], j.cfg[C_TOPK]
+    f, ff = j.features, j.features_f
+    recent_at, topk_at, _ = feature_layout(n_recent, n_topk, 6 * counters.decay_per_ms.size)
+    counters_observe(counters, user, item, pair, ts, ff, row, F_COUNTS)
+    f[row, F_RECENT_LEN] = store_recent(store, user, ts, n_recent, cap, ttl, slack, f, ff, row,
+                                        recent_at)
+    f[row, F_TOPK_LEN] = store_same_category(store, user, pair, ts, n_topk, cap, ttl, slack, f,
+                                             ff, row, topk_at)
     out.row[i] = row
     out.status[i] = IMP_NEW
     if j.cfg[C_MODE] == MODE_FNW:
         _release(out, i, 1, FNW_NEGATIVE, row, 0, -1, ts)
-    click_ts = table_pop(j.held, key, -1)
+    click_ts = table_pop(j.held, key, -1) if j.held.size[0] > 0 else -1
     if click_ts >= 0:
         out.status[i] = IMP_NEW_JOINED_HELD
         _join(j, store, counters, out, slot, click_ts, i, 1, -1)

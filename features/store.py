@@ -77,15 +77,18 @@ def store_add(s: StoreArrays, user: int, item: int, cat: int, pair: int, ts: int
 @nb.njit(cache=True, inline="always")
 def store_read(
     s: StoreArrays, head: int, by_category: bool, user: int, t: int, n: int, cap: int,
-    ttl_ms: int, slack_ms: int, out_item: np.ndarray, out_cat: np.ndarray, out_age: np.ndarray,
-    out_row: int,
+    ttl_ms: int, slack_ms: int, out: np.ndarray, out_f: np.ndarray, out_row: int,
+    offset: int,
 ) -> int:
-    """Write up to ``n`` behaviours older than ``t`` from a list into row ``out_row`` of the
-    output arrays (rows, not views: a view costs reference counting); return the count.
+    """Write up to ``n`` behaviours older than ``t`` from a list into row ``out_row`` of
+    ``out`` from column ``offset``, as (item, category, age) triples; return the count.
 
-    ``out_age`` is in seconds (float32). The walk stops at the user's cap, or at an
-    entry older than the TTL by more than ``slack_ms`` (lists are in arrival order,
-    which trails event-time order by at most the allowed lateness).
+    ``out_f`` is a float32 view of ``out`` (the age, in seconds, is a float32). The
+    triples are interleaved so the first behaviours share a cache line, and the
+    arrays are indexed, not sliced: a view would cost reference counting. The walk
+    stops at the user's cap, or at an entry older than the TTL by more than
+    ``slack_ms`` (lists are in arrival order, which trails event-time order by at most
+    the allowed lateness).
     """
     if head < 0:
         return 0
@@ -97,31 +100,31 @@ def store_read(
             break
         bt = s.ts[row]
         if bt < t and bt >= t - ttl_ms:
-            out_item[out_row, k] = s.item[row]
-            out_cat[out_row, k] = s.cat[row]
-            out_age[out_row, k] = (t - bt) / 1000.0
+            at = offset + 3 * k
+            out[out_row, at] = s.item[row]
+            out[out_row, at + 1] = s.cat[row]
+            out_f[out_row, at + 2] = (t - bt) * 0.001
             k += 1
         row = s.prev_uc[row] if by_category else s.prev_user[row]
     return k
 
 
 @nb.njit(cache=True, inline="always")
-def store_recent(s, user, t, n, cap, ttl_ms, slack_ms, out_item, out_cat, out_age,
-                 out_row) -> int:
+def store_recent(s, user, t, n, cap, ttl_ms, slack_ms, out, out_f, out_row, offset) -> int:
     """The user's last ``n`` behaviours before ``t``, newest first."""
     if user >= s.users.shape[0]:
         return 0
     return store_read(s, s.users[user, HEAD], False, user, t, n, cap, ttl_ms, slack_ms,
-                      out_item, out_cat, out_age, out_row)
+                      out, out_f, out_row, offset)
 
 
 @nb.njit(cache=True, inline="always")
-def store_same_category(s, user, pair, t, k, cap, ttl_ms, slack_ms, out_item, out_cat,
-                        out_age, out_row) -> int:
+def store_same_category(s, user, pair, t, k, cap, ttl_ms, slack_ms, out, out_f, out_row,
+                        offset) -> int:
     """Hard search: the user's ``k`` most recent behaviours of the pair's category before ``t``."""
     head = s.pair_head[pair] if pair < s.pair_head.size else -1
-    return store_read(s, head, True, user, t, k, cap, ttl_ms, slack_ms, out_item, out_cat,
-                      out_age, out_row)
+    return store_read(s, head, True, user, t, k, cap, ttl_ms, slack_ms, out, out_f, out_row,
+                      offset)
 
 
 @nb.njit(cache=True, inline="always")
