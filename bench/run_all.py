@@ -25,13 +25,16 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from features.events import Impression  # noqa: E402
 from features.featurize import impression_features  # noqa: E402
+from features.joiner import Joiner  # noqa: E402
 from learners import FTRLProximal  # noqa: E402
 from replay import metrics  # noqa: E402
 from replay.inputs import iter_events, read_replay_input  # noqa: E402
 from replay.run import run_replay  # noqa: E402
 from replay.synthetic import generate, write_stream  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).parent))
+import joiner as joiner_bench  # noqa: E402
 
 
 def median_time(fn: Callable[[], object], runs: int) -> float:
@@ -68,8 +71,17 @@ def _progressive(model_predict, model_learn, xs, ys) -> tuple[float, np.ndarray]
 def bench_ftrl_vs_river(runs: int, data: Path, n: int) -> list[str]:
     from river import linear_model, optim
 
-    impressions = [e for e in iter_events(read_replay_input(data)) if type(e) is Impression][:n]
-    xs = [impression_features(imp) for imp in impressions]
+    # The feature dicts a replay would score: each impression with its joined features.
+    joiner = Joiner()
+    impressions, xs = [], []
+    for event in iter_events(read_replay_input(data)):
+        result = joiner.push([event])
+        for imp, row in zip(result.events, result.rows, strict=True):
+            if row >= 0 and len(xs) < n:
+                impressions.append(imp)
+                xs.append(impression_features(imp, joiner.features(int(row))))
+        if len(xs) >= n:
+            break
     # Labels from the generator's ground truth keep the learning problem realistic.
     import polars as pl
 
@@ -207,6 +219,9 @@ def main() -> int:
             ("replay", lambda: bench_replay(runs, data, replay_events)),
             ("service", lambda: bench_service(data, replay_events)),
             ("auc", lambda: bench_auc(runs, 10_000_000 // scale)),
+            ("joiner", lambda: joiner_bench.markdown(
+                joiner_bench.throughput(runs, 10_000_000 // scale, 200_000 // scale),
+                joiner_bench.store_memory(10_000_000 // scale), runs)),
         ]:
             print(f"bench: {name} …", file=sys.stderr, flush=True)
             sections += run()

@@ -58,6 +58,13 @@ def _modes(text: str | list[str]) -> tuple[str, ...]:
     return modes
 
 
+def _one_mode(text: str | list[str]) -> tuple[str, ...]:
+    modes = _modes(text)
+    if len(modes) != 1:
+        raise ValueError("the service trains in one mode: wait or fnw")
+    return modes
+
+
 def _positive_int(text: str | int) -> int:
     value = int(text)
     if value < 1:
@@ -81,6 +88,29 @@ def _port(text: str | int) -> int:
 def _add_topic_options(opts: Options, parser: argparse.ArgumentParser) -> None:
     for topic in ("impressions", "clicks", "samples", "dlq"):
         opts.add(parser, f"--{topic}-topic", default=topic, help=f"name of the {topic} topic")
+
+
+def _add_joiner_options(opts: Options, parser: argparse.ArgumentParser) -> None:
+    d = JoinerConfig()
+    opts.add(parser, "--window", type=parse_duration_ms, default=d.window_ms,
+             help="attribution window (e.g. 15m), in ms")
+    opts.add(parser, "--allowed-lateness", type=parse_duration_ms, default=d.allowed_lateness_ms,
+             help="how late (event time) an event may arrive and still be taken in order, ms")
+    opts.add(parser, "--recent-length", type=_positive_int, default=d.recent_length,
+             help="clicks in an impression's recent sequence")
+    opts.add(parser, "--lifelong-top-k", type=_positive_int, default=d.lifelong_top_k,
+             help="same-category clicks returned by the lifelong (SIM) search")
+    opts.add(parser, "--lifelong-cap", type=_positive_int, default=d.lifelong_cap,
+             help="clicks kept per user in the lifelong store")
+    opts.add(parser, "--lifelong-ttl", type=parse_duration_ms, default=d.lifelong_ttl_ms,
+             help="age after which a click leaves the lifelong store, ms")
+
+
+def _joiner_config(args: argparse.Namespace, mode: str = "wait") -> JoinerConfig:
+    return JoinerConfig(window_ms=args.window, allowed_lateness_ms=args.allowed_lateness,
+                        mode=mode, recent_length=args.recent_length,  # type: ignore[arg-type]
+                        lifelong_top_k=args.lifelong_top_k, lifelong_cap=args.lifelong_cap,
+                        lifelong_ttl_ms=args.lifelong_ttl)
 
 
 def _topics(args: argparse.Namespace):  # -> Topics (import deferred: kafka-heavy modules)
@@ -144,7 +174,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         max_events=args.max_events,
         group_id=args.group_id,
         topics=_topics(args),
-        joiner=JoinerConfig(window_ms=args.window),
+        joiner=_joiner_config(args, args.delayed_feedback[0]),
         publish_samples=args.publish_samples,
     )
     with progress("serve", args.max_events, enabled=sys.stderr.isatty()) as ticker:
@@ -166,8 +196,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
     from replay.report import learner_table
     from replay.run import run_replay
 
-    result = run_replay(args.dir, args.learners, args.report,
-                        joiner_config=JoinerConfig(window_ms=args.window),
+    result = run_replay(args.dir, args.learners, args.report, joiner_config=_joiner_config(args),
                         modes=args.delayed_feedback, warmup_ms=args.warmup)
     Console().print(learner_table(result.learners, "progressive validation (replay)"))
     print(f"report: {args.report}/report.md")
@@ -248,8 +277,9 @@ def _build() -> tuple[argparse.ArgumentParser, dict[str, Options]]:
     o.add(p, "--metrics-port", type=_port, default=9100, help="Prometheus /metrics port")
     o.add(p, "--max-events", type=_positive_int, default=None,
           help="stop after this many records, closing every window")
-    o.add(p, "--window", type=parse_duration_ms, default=15 * 60_000,
-          help="attribution window (e.g. 15m)")
+    _add_joiner_options(o, p)
+    o.add(p, "--delayed-feedback", type=_one_mode, default=("wait",),
+          help="training mode: wait (label at window end) or fnw (fake negative weighting)")
     o.add(p, "--group-id", default="streamctr", help="Kafka consumer group")
     o.add(p, "--publish-samples", type=parse_bool, default=False,
           help="publish labelled samples to the samples topic")
@@ -259,8 +289,7 @@ def _build() -> tuple[argparse.ArgumentParser, dict[str, Options]]:
     o.add(p, "dir", type=Path, positional=True, help="replay input folder", metavar="DIR")
     o.add(p, "--learners", type=_learner_names, default=("ftrl",), help=learners_help)
     o.add(p, "--report", type=Path, help="report folder")
-    o.add(p, "--window", type=parse_duration_ms, default=15 * 60_000,
-          help="attribution window (e.g. 15m)")
+    _add_joiner_options(o, p)
     o.add(p, "--delayed-feedback", type=_modes, default=("wait", "fnw"),
           help="training modes to compare, of: wait (label at window end), fnw (fake "
                "negative weighting); the first one is the report's main table")

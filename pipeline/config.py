@@ -104,7 +104,8 @@ class Options:
         if default is _REQUIRED:
             shown += " (required)"
         elif default is not None and default is not False:
-            shown += f" (default: {default})"
+            text = ",".join(default) if isinstance(default, tuple) else default
+            shown += f" (default: {text})"
         if type is parse_bool:
             parser.add_argument(flag, dest=dest, action="store_const", const=True,
                                 default=None, help=shown)

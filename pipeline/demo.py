@@ -28,6 +28,7 @@ from replay.report import (
     after_warmup,
     learner_metrics,
     learner_table,
+    modes_table,
     score_metrics,
     write_report,
 )
@@ -117,6 +118,7 @@ def run_demo(
     stdout.print(learner_table(served, "service metrics (progressive validation)"))
     verdict = "identical to" if agree else "DIFFERENT from"
     stdout.print(f"replay of the same folder: AUC and sample counts {verdict} the service's")
+    stdout.print(modes_table(replayed.modes))
     stdout.print(f"report: {out / 'report.md'}  (replay report: {out / 'replay' / 'report.md'})")
     return 0 if agree else 1
 

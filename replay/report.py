@@ -40,6 +40,7 @@ __all__ = [
     "after_warmup",
     "learner_metrics",
     "learner_table",
+    "modes_table",
     "score_metrics",
     "write_report",
 ]
@@ -195,6 +196,31 @@ def learner_table(learners: Mapping[str, Mapping[str, float]], title: str) -> Ta
     return table
 
 
+_MODE_COLUMNS = ("mode", "learner", "first trained (s after impression)", "click learned (s)",
+                 "auc", "logloss", "ne", "calibration")
+
+
+def _mode_rows(modes: Mapping[str, Mapping[str, Any]]) -> list[list[str]]:
+    rows = []
+    for mode, result in modes.items():
+        fresh = result["freshness"]
+        for name, m in result["learners"].items():
+            rows.append([mode, name, f"{fresh['first_training_delay_s']:.1f}",
+                         f"{fresh['positive_training_delay_s']:.1f}",
+                         *(format_metric(m[k]) for k in ("auc", "logloss", "ne", "calibration"))])
+    return rows
+
+
+def modes_table(modes: Mapping[str, Mapping[str, Any]]) -> Table:
+    """Delayed-feedback modes side by side: freshness and accuracy, for the terminal."""
+    table = Table(title="delayed feedback on the same stream (replay)")
+    for n, column in enumerate(_MODE_COLUMNS):
+        table.add_column(column, justify="left" if n < 2 else "right")
+    for row in _mode_rows(modes):
+        table.add_row(*row)
+    return table
+
+
 def _modes_markdown(modes: Mapping[str, Mapping[str, Any]]) -> list[str]:
     """Freshness against accuracy: each training mode's delays and its learners' metrics."""
     lines = ["", "## Delayed feedback: freshness against accuracy", "",
@@ -202,16 +228,8 @@ def _modes_markdown(modes: Mapping[str, Mapping[str, Any]]) -> list[str]:
              "by the window); `fnw` trains on a negative at impression time and again on a "
              "positive when the click comes, with fake-negative weights. Both are evaluated "
              "on the final labels.", "",
-             "| mode | learner | first training (s after impression) | click learned (s) | "
-             "auc | logloss | ne | calibration |", "|---|---|---:|---:|---:|---:|---:|---:|"]
-    for mode, result in modes.items():
-        fresh = result["freshness"]
-        for name, m in result["learners"].items():
-            lines.append(
-                f"| {mode} | {name} | {fresh['first_training_delay_s']:.1f} | "
-                f"{fresh['positive_training_delay_s']:.1f} | "
-                + " | ".join(format_metric(m[k]) for k in ("auc", "logloss", "ne", "calibration"))
-                + " |")
+             "| " + " | ".join(_MODE_COLUMNS) + " |", "|---|---|" + "---:|" * 6]
+    lines += ["| " + " | ".join(row) + " |" for row in _mode_rows(modes)]
     return lines
 
 

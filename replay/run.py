@@ -81,6 +81,12 @@ def run_replay(
             on_orphan=[orphans.append] if not engines else [],
         )
 
+    users = pl.concat([inp.impressions["user_id"], inp.clicks["user_id"]]).n_unique()
+    items = inp.impressions["item_id"].n_unique()
+    pairs = inp.impressions.select("user_id", "category_id").n_unique()
+    for engine in engines.values():
+        engine.joiner.presize(users, items, pairs, BATCH)
+
     started = time.perf_counter()
     with progress("replay", inp.n_events, enabled=show_progress) as ticker:
         events_iter = iter_events(inp)
