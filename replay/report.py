@@ -196,8 +196,10 @@ def learner_table(learners: Mapping[str, Mapping[str, float]], title: str) -> Ta
     return table
 
 
-_MODE_COLUMNS = ("mode", "learner", "first trained (s after impression)", "click learned (s)",
-                 "auc", "logloss", "ne", "calibration")
+# Delays in event-time seconds after the impression: until its first training sample,
+# and until a click on it reaches the learners.
+_MODE_COLUMNS = ("mode", "learner", "first train s", "click train s", "auc", "logloss", "ne",
+                 "calib.")
 
 
 def _mode_rows(modes: Mapping[str, Mapping[str, Any]]) -> list[list[str]]:
