@@ -64,36 +64,30 @@ def _home(key: int, mask: int) -> int:
 
 
 @nb.njit(cache=True, inline="always")
-def table_get(t: HashTable, key: int, default: int) -> int:
-    e = t.entries
+def _find(e: np.ndarray, key: int) -> int:
+    """The place holding ``key``, or the empty place that ends its probe run."""
     mask = e.shape[0] - 1
     i = _home(key, mask)
-    while True:
-        k = e[i, 0]
-        if k == key:
-            return e[i, 1]
-        if k == EMPTY:
-            return default
+    while e[i, 0] != key and e[i, 0] != EMPTY:
         i = (i + 1) & mask
+    return i
+
+
+@nb.njit(cache=True, inline="always")
+def table_get(t: HashTable, key: int, default: int) -> int:
+    i = _find(t.entries, key)
+    return t.entries[i, 1] if t.entries[i, 0] == key else default
 
 
 @nb.njit(cache=True, inline="always")
 def table_set(t: HashTable, key: int, value: int) -> None:
     """Insert or overwrite (capacity must have been reserved)."""
     e = t.entries
-    mask = e.shape[0] - 1
-    i = _home(key, mask)
-    while True:
-        k = e[i, 0]
-        if k == key:
-            e[i, 1] = value
-            return
-        if k == EMPTY:
-            e[i, 0] = key
-            e[i, 1] = value
-            t.size[0] += 1
-            return
-        i = (i + 1) & mask
+    i = _find(e, key)
+    if e[i, 0] == EMPTY:
+        e[i, 0] = key
+        t.size[0] += 1
+    e[i, 1] = value
 
 
 @nb.njit(cache=True, inline="always")
@@ -101,14 +95,9 @@ def table_pop(t: HashTable, key: int, default: int) -> int:
     """Remove ``key`` and return its value (``default`` if absent); no tombstones."""
     e = t.entries
     mask = e.shape[0] - 1
-    i = _home(key, mask)
-    while True:
-        k = e[i, 0]
-        if k == key:
-            break
-        if k == EMPTY:
-            return default
-        i = (i + 1) & mask
+    i = _find(e, key)
+    if e[i, 0] != key:
+        return default
     value = e[i, 1]
     # Backward-shift deletion: move later entries of the probe run into the hole
     # unless their home lies cyclically in (hole, position].

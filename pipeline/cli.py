@@ -41,21 +41,22 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
-def _learner_names(text: str | list[str]) -> tuple[str, ...]:
-    names = parse_names(text)
-    unknown = [n for n in names if n not in LEARNERS]
-    if unknown:
-        raise ValueError(f"unknown learner(s) {', '.join(unknown)}; available: "
-                         f"{', '.join(LEARNERS)}")
-    return names
+def _choices(what: str, allowed: Sequence[str]) -> Callable[[str | list[str]], tuple[str, ...]]:
+    """A converter of a comma-separated list whose items must be in ``allowed``."""
+
+    def convert(text: str | list[str]) -> tuple[str, ...]:
+        names = parse_names(text)
+        unknown = [n for n in names if n not in allowed]
+        if unknown:
+            raise ValueError(f"unknown {what}(s) {', '.join(unknown)}; available: "
+                             f"{', '.join(allowed)}")
+        return names
+
+    return convert
 
 
-def _modes(text: str | list[str]) -> tuple[str, ...]:
-    modes = parse_names(text)
-    unknown = [m for m in modes if m not in ("wait", "fnw")]
-    if unknown:
-        raise ValueError(f"unknown mode(s) {', '.join(unknown)}; available: wait, fnw")
-    return modes
+_learner_names = _choices("learner", tuple(LEARNERS))
+_modes = _choices("mode", ("wait", "fnw"))
 
 
 def _one_mode(text: str | list[str]) -> tuple[str, ...]:
