@@ -20,29 +20,48 @@ with no hash collisions, both give the same predictions (checked in
 
 Predictions apply river's sigmoid, which returns exactly 0 below -30 and 1 above 30.
 
-State lives in three float64 arrays of ``2**n_bits`` slots (``z``, ``n`` and the stored
-weights ``w``, needed because of point 3). The hot loop reads and writes them through
-``memoryview`` objects: indexing a memoryview yields a Python ``float`` (~35 ns), where
-indexing the ndarray yields a ``numpy.float64`` whose arithmetic is several times slower.
+State is one float64 array of ``2**n_bits`` rows ``(z, n, w, 0)`` (the stored weight ``w``
+is needed because of point 3); a row is 32 bytes, aligned, so a feature's state never
+straddles two cache lines: one miss per feature.
+
+Every path runs the same compiled kernel (:func:`_run`): ``learn_one`` is a batch of one,
+so ``learn_many`` of a batch gives bit-identical weights to ``learn_one`` over its rows in
+order (river's ``learn_many`` is a mini-batch step instead, river issue #1912). Batches may
+be feature dicts, a polars frame (every column a field, :func:`features.hashing.batch_from_frame`)
+or a :class:`~features.hashing.SparseBatch` of pre-hashed names.
+
+Two production options of McMahan et al. and He et al., both off by default (river has
+neither, so parity holds with the defaults):
+
+* **Negative downsampling** (``negative_rate`` r < 1): a negative is learned with
+  probability r, and predictions are re-calibrated, ``q = p / (p + (1 - p) / r)``, i.e.
+  ``r`` is added to the log-odds (He et al. 2014, section 6.2).
+* **Poisson inclusion** (``inclusion_p`` < 1): a feature not yet in the model (no update
+  so far) enters it with probability p at each sighting, ~1/p sightings on average; until
+  then its weight stays 0, so rare features take no state (McMahan et al. 2013, 4.1).
+
+Both draw from a counter-based generator (SplitMix64 of ``seed`` and a draw counter kept
+in the state), so runs, restarts and ``_one``/``_many`` calls make the same draws.
 """
 
 from __future__ import annotations
 
 import math
 import numbers
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+import numba as nb
 import numpy as np
+import polars as pl
 import xxhash
 
-from features.hashing import MAX_BITS
+from features.hashing import MAX_BITS, SparseBatch, batch_from_dicts, batch_from_frame, cross_names
 from learners.base import LearnerError
 
 __all__ = ["FTRLProximal"]
 
 _xxh3 = xxhash.xxh3_64_intdigest
-_exp = math.exp
 _isfinite = math.isfinite
 _INF = math.inf
 
@@ -50,18 +69,111 @@ _INF = math.inf
 _CLIP_GRADIENT = 1e12
 
 _FORMAT = "streamctr.learners.ftrl"
-_VERSION = 1
-_HYPER = ("alpha", "beta", "l1", "l2", "n_bits")
-_ARRAYS = ("z", "n", "w")
+_VERSION = 2
+_HYPER = ("alpha", "beta", "l1", "l2", "n_bits", "negative_rate", "inclusion_p", "seed")
+_ARRAYS = ("index", "z", "n", "w")
+_Z, _N, _W = 0, 1, 2  # columns of the state table
+# Counters kept in the state (int64 array ``counts``): samples learned, negatives skipped by
+# downsampling, random draws made.
+_LEARNED, _SKIPPED, _DRAWS = 0, 1, 2
+
+Batch = Sequence[Mapping[str, float]] | pl.DataFrame | SparseBatch
 
 
+# -- the compiled kernel ----------------------------------------------------------------
+
+
+@nb.njit(cache=True, inline="always")
+def _uniform(seed: int, counter: int) -> float:
+    """SplitMix64 of ``seed + counter``, as a float in [0, 1)."""
+    z = np.uint64(seed) + np.uint64(counter + 1) * np.uint64(0x9E3779B97F4A7C15)
+    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    z = z ^ (z >> np.uint64(31))
+    return float(z >> np.uint64(11)) * (1.0 / 9007199254740992.0)
+
+
+@nb.njit(cache=True, inline="always")
 def _sigmoid(raw: float) -> float:
     # river.utils.math.sigmoid, clamps included, so saturated scores compare exactly.
     if raw < -30.0:
         return 0.0
     if raw > 30.0:
         return 1.0
-    return 1.0 / (1.0 + _exp(-raw))
+    return 1.0 / (1.0 + math.exp(-raw))
+
+
+@nb.njit(cache=True)
+def _run(table, mask, indptr, hashes, values, y, sw, hyper, seed, counts, scores, learn):
+    """Score rows in order and, when ``learn``, apply each row's FTRL step after its score.
+
+    table: float64 (2**n_bits, 4) rows (z, n, w, padding); indptr: int64 (B + 1,);
+    hashes: int64 (nnz,) feature name hashes (masked here); values: float64 (nnz,);
+    y: int8 (B,); sw: float64 (B,)
+    sample weights; hyper: float64 (6,) alpha, beta, l1, l2, log(negative_rate),
+    inclusion_p; counts: int64 (3,) learned, skipped, draws (updated); scores: float64 (B,)
+    out, the calibrated probability of each row before it was learned.
+
+    Returns the first row whose score is not finite (-1 if none); that row and the rows
+    after it are left unlearned.
+    """
+    alpha, beta, l1, l2 = hyper[0], hyper[1], hyper[2], hyper[3]
+    log_rate, inclusion_p = hyper[4], hyper[5]
+    rate = math.exp(log_rate)
+    for r in range(indptr.shape[0] - 1):
+        lo, hi = indptr[r], indptr[r + 1]
+        raw = 0.0
+        for j in range(lo, hi):
+            raw += table[hashes[j] & mask, _W] * values[j]
+        if not math.isfinite(raw):
+            return r
+        scores[r] = _sigmoid(raw + log_rate)
+        if not learn:
+            continue
+        if y[r] == 0 and rate < 1.0:
+            counts[_DRAWS] += 1
+            if _uniform(seed, counts[_DRAWS]) >= rate:
+                counts[_SKIPPED] += 1
+                continue
+        # river.optim.losses.Log.gradient (unit class weights), branches included.
+        s = 1.0 if y[r] == 1 else -1.0
+        m = raw * s
+        if m > 18.0:
+            lg = math.exp(-m) * -s
+        elif m < -18.0:
+            lg = -s
+        else:
+            lg = -s / (math.exp(m) + 1.0)
+        lg = max(min(lg * sw[r], _CLIP_GRADIENT), -_CLIP_GRADIENT)
+        # river materialises all weights of the step before updating any z/n; features of
+        # one row hit distinct slots unless hashes collide, so one interleaved pass is the
+        # same thing (with a collision, the shared slot simply takes successive updates).
+        for j in range(lo, hi):
+            i = hashes[j] & mask
+            zi, ni = table[i, _Z], table[i, _N]
+            if inclusion_p < 1.0 and ni == 0.0 and zi == 0.0:
+                counts[_DRAWS] += 1
+                if _uniform(seed, counts[_DRAWS]) >= inclusion_p:
+                    continue  # not in the model yet: this sighting leaves no state
+            sqrt_ni = math.sqrt(ni)
+            if abs(zi) > l1:
+                # The FTRL-Proximal closed form, written as river writes it.
+                wi = -(1.0 / ((beta + sqrt_ni) / alpha + l2)) * (
+                    (zi - l1) if zi > 0.0 else (zi + l1)
+                )
+                table[i, _W] = wi
+            else:
+                wi = table[i, _W]  # river leaves the stored weight untouched (not 0)
+            g = values[j] * lg
+            g2 = g * g
+            sigma = (math.sqrt(ni + g2) - sqrt_ni) / alpha
+            table[i, _Z] = zi + (g - sigma * wi)
+            table[i, _N] = ni + g2
+        counts[_LEARNED] += 1
+    return -1
+
+
+# -- validation helpers -----------------------------------------------------------------
 
 
 def _good_weight(w: Any) -> bool:
@@ -80,6 +192,20 @@ def _real(name: str, value: Any) -> float:
     return value
 
 
+def _bad_values(x: Mapping[str, float]) -> LearnerError:
+    for k, v in x.items():
+        if not isinstance(k, str):
+            return LearnerError(f"feature names must be str, got {k!r}")
+        if isinstance(v, bool) or not isinstance(v, numbers.Real):
+            return LearnerError(f"feature {k!r} has non-numeric value {v!r}")
+        if not _isfinite(v):
+            return LearnerError(f"feature {k!r} has non-finite value {v!r}")
+    return LearnerError(_OVERFLOW)
+
+
+_OVERFLOW = "feature values overflow the score to a non-finite value"
+
+
 class FTRLProximal:
     """FTRL-Proximal logistic regression over hashed river-style feature dicts.
 
@@ -92,6 +218,15 @@ class FTRLProximal:
         ``optim.FTRLProximal``; river's model-level ``l2`` stays 0).
     n_bits
         Feature names are hashed (XXH3-64, stable across processes) into ``2**n_bits`` slots.
+    crosses
+        Feature crosses, as tuples of field names: ``("user", "category")`` adds
+        ``user×category=u7|c2`` for ``user=u7`` and ``category=c2`` (dicts, frames alike).
+    negative_rate
+        Fraction of negatives learned (negative downsampling); predictions are re-calibrated.
+    inclusion_p
+        Probability that a sighting of a feature not yet in the model adds it.
+    seed
+        Seed of the draws of downsampling and inclusion.
 
     The constructor holds hyper-parameters only; the learned state is what
     :meth:`state_dict` returns.
@@ -106,6 +241,17 @@ class FTRLProximal:
     0.6627
     >>> model.predict_proba_one({"user=u2": 1.0})  # unseen features: weight 0
     0.5
+
+    Scoring each row before learning it (progressive validation), from a polars frame:
+
+    >>> import polars as pl
+    >>> frame = pl.DataFrame({"user": ["u1", "u2"] * 3, "item": ["i9", "i3"] * 3})
+    >>> model = FTRLProximal(alpha=0.1, n_bits=16)
+    >>> model.predict_learn_many(frame, [1, 0] * 3).round(4).tolist()
+    [0.5, 0.5, 0.5, 0.5, 0.5156, 0.4844]
+
+    (A weight is materialised when its feature is next updated, as in river, hence the
+    lag of one sighting.)
     """
 
     def __init__(
@@ -115,6 +261,10 @@ class FTRLProximal:
         l1: float = 0.0,
         l2: float = 1.0,
         n_bits: int = 20,
+        crosses: Iterable[Sequence[str]] = (),
+        negative_rate: float = 1.0,
+        inclusion_p: float = 1.0,
+        seed: int = 0,
     ) -> None:
         self.alpha = _real("alpha", alpha)
         self.beta = _real("beta", beta)
@@ -130,42 +280,64 @@ class FTRLProximal:
         if not 1 <= n_bits <= MAX_BITS:
             raise LearnerError(f"n_bits must be in [1, {MAX_BITS}], got {n_bits!r}")
         self.n_bits = int(n_bits)
+        try:
+            self.crosses = tuple(tuple(str(f) for f in c) for c in crosses)
+        except TypeError:
+            raise LearnerError(f"crosses must be tuples of field names, got {crosses!r}") from None
+        if any(len(c) < 2 for c in self.crosses):
+            raise LearnerError(f"a cross needs two or more fields, got {crosses!r}")
+        self.negative_rate = _real("negative_rate", negative_rate)
+        self.inclusion_p = _real("inclusion_p", inclusion_p)
+        for name in ("negative_rate", "inclusion_p"):
+            if not 0.0 < getattr(self, name) <= 1.0:
+                raise LearnerError(f"{name} must be in (0, 1], got {getattr(self, name)!r}")
+        if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0:
+            raise LearnerError(f"seed must be a non-negative int, got {seed!r}")
+        self.seed = int(seed)
         self._mask = (1 << self.n_bits) - 1
-        size = 1 << self.n_bits
-        # np.zeros is calloc-backed: untouched slots of a large table cost no memory.
-        self._set_state(np.zeros(size), np.zeros(size), np.zeros(size), 0)
+        self._hyper = np.array([self.alpha, self.beta, self.l1, self.l2,
+                                math.log(self.negative_rate), self.inclusion_p])
+        # np.zeros is calloc-backed: untouched rows of a large table cost no memory.
+        self._table = np.zeros((1 << self.n_bits, 4))
+        self._counts = np.zeros(3, np.int64)
+
+    def __repr__(self) -> str:
+        options = "".join(
+            f", {name}={getattr(self, name)!r}"
+            for name, default in (("crosses", ()), ("negative_rate", 1.0),
+                                  ("inclusion_p", 1.0), ("seed", 0))
+            if getattr(self, name) != default
+        )
+        return (f"FTRLProximal(alpha={self.alpha!r}, beta={self.beta!r}, l1={self.l1!r}, "
+                f"l2={self.l2!r}, n_bits={self.n_bits!r}{options})")
+
+    @property
+    def n_learned(self) -> int:
+        """Samples learned (negatives skipped by downsampling not counted)."""
+        return int(self._counts[_LEARNED])
+
+    @property
+    def n_skipped(self) -> int:
+        """Negatives skipped by downsampling."""
+        return int(self._counts[_SKIPPED])
+
+    @property
+    def n_coordinates(self) -> int:
+        """Slots of the hashed space that hold state (what a sparse store would keep)."""
+        return int(np.count_nonzero(self._table.any(axis=1)))
 
     # -- state --------------------------------------------------------------------------
 
-    def _set_state(self, z: np.ndarray, n: np.ndarray, w: np.ndarray, n_learned: int) -> None:
-        self._z, self._n, self._w = z, n, w
-        # Python-float views of the same memory for the per-feature loop (see module doc).
-        self._zv, self._nv, self._wv = memoryview(z), memoryview(n), memoryview(w)
-        self.n_learned = n_learned
-
-    def __getstate__(self) -> dict[str, Any]:
-        # memoryviews cannot be pickled or deep-copied; they are rebuilt from the arrays.
-        state = self.__dict__.copy()
-        for view in ("_zv", "_nv", "_wv"):
-            del state[view]
-        return state
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__dict__.update(state)
-        self._set_state(self._z, self._n, self._w, self.n_learned)
-
-    def __repr__(self) -> str:
-        return (
-            f"FTRLProximal(alpha={self.alpha!r}, beta={self.beta!r}, l1={self.l1!r}, "
-            f"l2={self.l2!r}, n_bits={self.n_bits!r})"
-        )
-
     def state_dict(self) -> dict[str, Any]:
-        """Format, version, hyper-parameters, sample count and copies of ``z``, ``n``, ``w``.
+        """Format, version, hyper-parameters, counters and the slots that hold state.
 
-        Only numpy arrays and plain Python scalars / strings: a checkpoint can be written
-        with ``numpy.savez`` or similar, without pickle.
+        Sparse: ``index`` lists the slots with any non-zero ``z``, ``n`` or ``w`` and the
+        three arrays their values, so a checkpoint grows with the features seen, not with
+        ``2**n_bits``. Only numpy arrays and plain Python scalars / strings: a checkpoint
+        can be written with ``numpy.savez`` or similar, without pickle.
         """
+        index = np.flatnonzero(self._table.any(axis=1))
+        rows = self._table[index]
         return {
             "format": _FORMAT,
             "version": _VERSION,
@@ -174,10 +346,17 @@ class FTRLProximal:
             "l1": self.l1,
             "l2": self.l2,
             "n_bits": self.n_bits,
+            "crosses": np.array(["×".join(c) for c in self.crosses], dtype=str),
+            "negative_rate": self.negative_rate,
+            "inclusion_p": self.inclusion_p,
+            "seed": self.seed,
             "n_learned": self.n_learned,
-            "z": self._z.copy(),
-            "n": self._n.copy(),
-            "w": self._w.copy(),
+            "n_skipped": self.n_skipped,
+            "n_draws": int(self._counts[_DRAWS]),
+            "index": index.astype(np.int64),
+            "z": rows[:, _Z].copy(),
+            "n": rows[:, _N].copy(),
+            "w": rows[:, _W].copy(),
         }
 
     def load_state_dict(self, d: Mapping[str, Any]) -> None:
@@ -188,7 +367,9 @@ class FTRLProximal:
         """
         if not isinstance(d, Mapping):
             raise LearnerError(f"state dict must be a mapping, got {type(d).__name__}")
-        missing = [k for k in ("format", "version", *_HYPER, "n_learned", *_ARRAYS) if k not in d]
+        counters = ("n_learned", "n_skipped", "n_draws")
+        missing = [k for k in ("format", "version", *_HYPER, "crosses", *counters, *_ARRAYS)
+                   if k not in d]
         if missing:
             raise LearnerError(f"state dict lacks {', '.join(missing)}")
         if d["format"] != _FORMAT:
@@ -203,160 +384,186 @@ class FTRLProximal:
                     f"state dict was learned with {name}={d[name]!r}, "
                     f"this learner has {name}={getattr(self, name)!r}"
                 )
-        n_learned = d["n_learned"]
-        if isinstance(n_learned, bool) or not isinstance(n_learned, numbers.Integral):
-            raise LearnerError(f"state dict n_learned must be an int, got {n_learned!r}")
-        size = 1 << self.n_bits
-        arrays = []
-        for name in _ARRAYS:
+        crosses = [str(c) for c in np.asarray(d["crosses"]).tolist()]
+        if crosses != ["×".join(c) for c in self.crosses]:
+            raise LearnerError(f"state dict was learned with crosses {crosses}, "
+                               f"this learner has {list(self.crosses)}")
+        counts = []
+        for name in counters:
+            value = d[name]
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 0:
+                raise LearnerError(f"state dict {name} must be a non-negative int, got {value!r}")
+            counts.append(int(value))
+        index = d["index"]
+        if (not isinstance(index, np.ndarray) or index.dtype.kind not in "iu"
+                or index.ndim != 1):
+            raise LearnerError("state dict index must be a 1-d integer array")
+        if index.size and (index.min() < 0 or index.max() > self._mask):
+            raise LearnerError(f"state dict index has slots outside [0, {self._mask}]")
+        if np.unique(index).size != index.size:
+            raise LearnerError("state dict index has repeated slots")
+        table = np.zeros_like(self._table)
+        for col, name in ((_Z, "z"), (_N, "n"), (_W, "w")):
             a = d[name]
-            if not isinstance(a, np.ndarray) or a.dtype.kind != "f" or a.shape != (size,):
+            if not isinstance(a, np.ndarray) or a.dtype.kind != "f" or a.shape != index.shape:
                 shape = getattr(a, "shape", None)
                 dtype = getattr(a, "dtype", type(a).__name__)
                 raise LearnerError(
-                    f"state dict {name} must be a float array of shape ({size},), "
-                    f"got {dtype} of shape {shape}"
+                    f"state dict {name} must be a float array shaped like index "
+                    f"{index.shape}, got {dtype} of shape {shape}"
                 )
-            # A copy: later learning must not write into the caller's arrays.
-            a = np.array(a, dtype=np.float64, order="C", copy=True)
             if not np.isfinite(a).all():
                 raise LearnerError(f"state dict {name} has non-finite values")
-            arrays.append(a)
-        if (arrays[1] < 0.0).any():
+            table[index, col] = a
+        if (table[:, _N] < 0.0).any():
             raise LearnerError("state dict n has negative values")
-        self._set_state(arrays[0], arrays[1], arrays[2], int(n_learned))
+        self._table = table
+        self._counts = np.array(counts, np.int64)
 
     @classmethod
     def from_state_dict(cls, d: Mapping[str, Any]) -> FTRLProximal:
         """A learner with the hyper-parameters recorded in ``d`` and its state."""
         try:
-            model = cls(**{name: d[name] for name in _HYPER})
+            params = {name: d[name] for name in _HYPER}
+            params["crosses"] = [str(c).split("×") for c in np.asarray(d["crosses"]).tolist()]
+            model = cls(**params)
         except (KeyError, TypeError) as e:
             raise LearnerError(f"state dict lacks hyper-parameters: {e}") from None
         model.load_state_dict(d)
         return model
 
-    # -- prediction ---------------------------------------------------------------------
+    # -- the kernel's inputs ------------------------------------------------------------
 
-    def _indices(self, x: dict[str, float]) -> list[int]:
-        mask = self._mask
+    def _row(self, x: Mapping[str, float]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """indptr, hashes and values of one feature dict (crosses added)."""
+        if self.crosses:
+            x = {**x, **cross_names(x, self.crosses)}
         try:
-            # Same as features.hashing.hash_feature, inlined: it is on the hot path.
-            return [_xxh3(k.encode("utf-8")) & mask for k in x]
+            hashes = np.array([_xxh3(k.encode("utf-8")) & self._mask for k in x], np.int64)
         except AttributeError:
-            bad = next(k for k in x if not isinstance(k, str))
-            raise LearnerError(f"feature names must be str, got {bad!r}") from None
+            raise _bad_values(x) from None
+        values = np.array(list(x.values()))
+        if values.dtype.kind not in "fiu":  # not np.fromiter: it parses the string "1"
+            raise _bad_values(x)
+        return np.array([0, len(x)], np.int64), hashes, values.astype(np.float64)
 
-    def _bad_values(self, x: dict[str, float]) -> LearnerError:
-        for k, v in x.items():
-            if not isinstance(v, numbers.Real):
-                return LearnerError(f"feature {k!r} has non-numeric value {v!r}")
-            if not _isfinite(v):
-                return LearnerError(f"feature {k!r} has non-finite value {v!r}")
-        return LearnerError("feature values overflow the score to a non-finite value")
+    def _batch(self, batch: Batch) -> SparseBatch:
+        if isinstance(batch, SparseBatch):
+            if not (len(batch.hashes) == len(batch.values) == batch.indptr[-1]
+                    and batch.indptr[0] == 0 and (np.diff(batch.indptr) >= 0).all()):
+                raise LearnerError("sparse batch: indptr does not index hashes and values")
+            sparse = SparseBatch(np.asarray(batch.indptr, np.int64),
+                                 np.asarray(batch.hashes, np.int64),
+                                 np.asarray(batch.values, np.float64))
+        elif isinstance(batch, pl.DataFrame):
+            try:
+                sparse = batch_from_frame(batch, self.crosses)
+            except ValueError as e:
+                raise LearnerError(str(e)) from None
+        else:
+            try:
+                sparse = batch_from_dicts(batch, self.crosses)
+            except (TypeError, ValueError):
+                sparse = None
+            if sparse is None or not np.isfinite(sparse.values).all():
+                k, why = next((k, _bad_values(x)) for k, x in enumerate(batch)
+                              if _bad_values(x).args[0] != _OVERFLOW)
+                raise LearnerError(f"sample {k}: {why}")
+        if not np.isfinite(sparse.values).all():
+            bad = np.flatnonzero(~np.isfinite(sparse.values))[0]
+            row = int(np.searchsorted(sparse.indptr, bad, side="right")) - 1
+            raise LearnerError(f"sample {row}: a feature has non-finite value "
+                               f"{sparse.values[bad]!r}")
+        return sparse
 
-    def _raw(self, x: dict[str, float], idx: list[int]) -> float:
-        wv = self._wv
-        raw = 0.0
-        try:
-            for i, v in zip(idx, x.values(), strict=True):
-                raw += wv[i] * v
-            # NaN or inf in any value makes the sum non-finite (inf * 0 is NaN too), so one
-            # check of the sum replaces a per-feature check.
-            if _isfinite(raw):
-                return raw
-        except TypeError:
-            pass
-        raise self._bad_values(x)
+    @staticmethod
+    def _labels(y: Sequence[int] | np.ndarray, w: Sequence[float] | np.ndarray | None,
+                n: int) -> tuple[np.ndarray, np.ndarray]:
+        ys = np.asarray(y)
+        ws = np.ones(n) if w is None else np.asarray(w)
+        if ys.shape != (n,) or ws.shape != (n,):
+            raise LearnerError(f"batch has {n} samples but {ys.size} labels and {ws.size} weights")
+        if ys.dtype.kind in "biuf":
+            good = (ys == 0) | (ys == 1)
+        else:  # strings, None and other objects: only the numbers 0 and 1 are labels
+            good = np.fromiter((not isinstance(v, str) and v in (0, 1) for v in ys.tolist()),
+                               bool, n)
+        if not good.all():
+            k = int(np.argmin(good))
+            raise LearnerError(f"sample {k}: label must be 0 or 1, got {ys[k]!r}")
+        if ws.dtype.kind in "fiu":
+            with np.errstate(invalid="ignore"):
+                good = np.isfinite(ws) & (ws >= 0)
+        else:
+            good = np.fromiter((_good_weight(v) for v in ws.tolist()), bool, n)
+        if not good.all():
+            k = int(np.argmin(good))
+            raise LearnerError(f"sample {k}: sample weight must be finite and >= 0, "
+                               f"got {ws[k]!r}")
+        return ys.astype(np.int8), ws.astype(np.float64)
 
-    def predict_proba_one(self, x: dict[str, float]) -> float:
+    def _call(self, indptr, hashes, values, y, sw, learn: bool) -> np.ndarray:
+        scores = np.empty(len(indptr) - 1)
+        bad = _run(self._table, self._mask, indptr, hashes, values, y, sw, self._hyper,
+                   self.seed, self._counts, scores, learn)
+        if bad >= 0:
+            raise LearnerError(f"sample {bad}: {_OVERFLOW}")
+        return scores
+
+    # -- the protocol -------------------------------------------------------------------
+
+    def predict_proba_one(self, x: Mapping[str, float]) -> float:
         """Click probability for ``x``; does not change the state."""
-        return _sigmoid(self._raw(x, self._indices(x)))
+        indptr, hashes, values = self._row(x)
+        try:
+            return float(self._call(indptr, hashes, values, _NO_LABEL, _NO_WEIGHT, False)[0])
+        except LearnerError:
+            raise _bad_values(x) from None
 
-    def predict_proba_many(self, batch: Sequence[dict[str, float]]) -> np.ndarray:
-        """Click probabilities of ``batch`` as a float64 array (no state change)."""
-        predict = self.predict_proba_one
-        return np.array([predict(x) for x in batch], dtype=np.float64)
-
-    # -- learning -----------------------------------------------------------------------
-
-    def learn_one(self, x: dict[str, float], y: int, w: float = 1.0) -> None:
+    def learn_one(self, x: Mapping[str, float], y: int, w: float = 1.0) -> None:
         """One FTRL-Proximal step on ``(x, y)`` with sample weight ``w`` (scales the gradient).
 
         Sample weight ``w`` is not the same as repeating the sample ``w`` times: FTRL's
         per-coordinate rates depend on the sum of *squared* gradients.
         """
-        if y == 1:
-            s = 1
-        elif y == 0:
-            s = -1
-        else:
+        if isinstance(y, bool) or y not in (0, 1):
             raise LearnerError(f"label must be 0 or 1, got {y!r}")
         if not _good_weight(w):
             raise LearnerError(f"sample weight must be finite and >= 0, got {w!r}")
-        idx = self._indices(x)
-        raw = self._raw(x, idx)  # validates x before any state changes
+        indptr, hashes, values = self._row(x)
+        try:
+            self._call(indptr, hashes, values, _LABEL[y], np.array([float(w)]), True)
+        except LearnerError:
+            raise _bad_values(x) from None
 
-        # river.optim.losses.Log.gradient (unit class weights), branches included.
-        m = raw * s
-        if m > 18.0:
-            lg = _exp(-m) * -s
-        elif m < -18.0:
-            lg = float(-s)
-        else:
-            lg = -s / (_exp(m) + 1.0)
-        lg *= w
-        lg = max(min(lg, _CLIP_GRADIENT), -_CLIP_GRADIENT)
+    def predict_proba_many(self, batch: Batch) -> np.ndarray:
+        """Click probabilities of ``batch`` as a float64 array (no state change)."""
+        b = self._batch(batch)
+        n = len(b)
+        return self._call(b.indptr, b.hashes, b.values, np.zeros(n, np.int8), np.ones(n), False)
 
-        alpha, beta, l1, l2 = self.alpha, self.beta, self.l1, self.l2
-        zv, nv, wv = self._zv, self._nv, self._wv
-        # river materialises all weights of the step before updating any z/n; features of
-        # one dict hit distinct slots unless hashes collide, so one interleaved pass is the
-        # same thing (with a collision, the shared slot simply takes successive updates).
-        for i, v in zip(idx, x.values(), strict=True):
-            zi = zv[i]
-            ni = nv[i]
-            sqrt_ni = ni**0.5
-            if abs(zi) > l1:
-                # The FTRL-Proximal closed form, written as river writes it for bit parity.
-                wi = -(((beta + sqrt_ni) / alpha + l2) ** -1) * (
-                    (zi - l1) if zi > 0.0 else (zi + l1)
-                )
-                wv[i] = wi
-            else:
-                # river leaves the stored weight untouched here (not reset to 0).
-                wi = wv[i]
-            g = v * lg
-            g2 = g**2
-            sigma = ((ni + g2) ** 0.5 - sqrt_ni) / alpha
-            zv[i] = zi + (g - sigma * wi)
-            nv[i] = ni + g2
-        self.n_learned += 1
+    def learn_many(self, batch: Batch, y: Sequence[int] | np.ndarray,
+                   w: Sequence[float] | np.ndarray | None = None) -> None:
+        """Exactly ``learn_one`` on each sample in order, in one compiled call.
 
-    def learn_many(
-        self,
-        batch: Sequence[dict[str, float]],
-        y: Sequence[int] | np.ndarray,
-        w: Sequence[float] | np.ndarray | None = None,
-    ) -> None:
-        """Exactly ``learn_one`` on each sample in order.
-
-        Labels and weights are all checked first, so a bad one changes nothing; a bad feature
-        dict raises with its position, the samples before it having been learned.
+        Labels, weights and feature values are all checked first, so bad input changes
+        nothing (only a score overflowing to infinity is found during the pass: it raises
+        with its position, the samples before it having been learned).
         """
-        n = len(batch)
-        ys = list(y)
-        ws = [1.0] * n if w is None else list(w)
-        if len(ys) != n or len(ws) != n:
-            raise LearnerError(f"batch has {n} samples but {len(ys)} labels and {len(ws)} weights")
-        for k, (yk, wk) in enumerate(zip(ys, ws, strict=True)):
-            if not (yk == 0 or yk == 1):
-                raise LearnerError(f"sample {k}: label must be 0 or 1, got {yk!r}")
-            if not _good_weight(wk):
-                raise LearnerError(f"sample {k}: sample weight must be finite and >= 0, got {wk!r}")
-        learn = self.learn_one
-        for k, (xk, yk, wk) in enumerate(zip(batch, ys, ws, strict=True)):
-            try:
-                learn(xk, yk, wk)
-            except LearnerError as e:
-                raise LearnerError(f"sample {k}: {e}") from None
+        self.predict_learn_many(batch, y, w)
+
+    def predict_learn_many(self, batch: Batch, y: Sequence[int] | np.ndarray,
+                           w: Sequence[float] | np.ndarray | None = None) -> np.ndarray:
+        """Score each sample, then learn it, in order: the progressive-validation scores.
+
+        The same state changes as :meth:`learn_many`; returns each sample's probability
+        as the model had it just before learning that sample.
+        """
+        b = self._batch(batch)
+        ys, ws = self._labels(y, w, len(b))
+        return self._call(b.indptr, b.hashes, b.values, ys, ws, True)
+
+
+_NO_LABEL = np.zeros(1, np.int8)
+_NO_WEIGHT = np.ones(1)
+_LABEL = (np.zeros(1, np.int8), np.ones(1, np.int8))
