@@ -56,6 +56,7 @@ import numpy as np
 import polars as pl
 import xxhash
 
+from features.compiled import prefetch_row
 from features.hashing import MAX_BITS, SparseBatch, batch_from_dicts, batch_from_frame, cross_names
 from learners.base import LearnerError
 
@@ -120,7 +121,11 @@ def _run(table, mask, indptr, hashes, values, y, sw, hyper, seed, counts, scores
     alpha, beta, l1, l2 = hyper[0], hyper[1], hyper[2], hyper[3]
     log_rate, inclusion_p = hyper[4], hyper[5]
     rate = math.exp(log_rate)
-    for r in range(indptr.shape[0] - 1):
+    rows = indptr.shape[0] - 1
+    for r in range(rows):
+        if r + 1 < rows:  # the next row's state travels from memory while this one computes
+            for j in range(indptr[r + 1], indptr[r + 2]):
+                prefetch_row(table, hashes[j] & mask)
         lo, hi = indptr[r], indptr[r + 1]
         raw = 0.0
         for j in range(lo, hi):

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import numba as nb
 import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -8,6 +9,7 @@ from features.compiled import (
     heap_pop,
     heap_push,
     new_table,
+    prefetch_row,
     ring_pop,
     ring_push,
     ring_unrolled,
@@ -73,3 +75,15 @@ def test_ring_is_fifo_across_wraparound_and_unrolls():
             out.append(ring_pop(ring, clock, 0, 1))
     assert out == [(k, -k, 2 * k) for k in range(8)]
     assert ring_unrolled(ring, int(clock[0]), int(clock[1]), 8)[:2, 0].tolist() == [8, 9]
+
+
+def test_prefetch_row_is_only_a_hint_and_changes_nothing():
+    @nb.njit
+    def touch_then_sum(table, rows):
+        for r in rows:
+            prefetch_row(table, r)
+        return table.sum()
+
+    table = np.arange(12.0).reshape(4, 3)
+    assert touch_then_sum(table, np.array([3, 0, 2])) == 66.0
+    assert table.tolist() == np.arange(12.0).reshape(4, 3).tolist()
