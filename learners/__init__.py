@@ -6,22 +6,29 @@ FTRLProximal(alpha=0.1, beta=1.0, l1=0.0, l2=1.0, n_bits=12)
 >>> make_learner("svm")
 Traceback (most recent call last):
 ...
-learners.base.LearnerError: unknown learner 'svm'; available: ftrl
+learners.base.LearnerError: unknown learner 'svm'; available: ftrl, gbdt_lr
+>>> make_learner("ftrl", alpah=0.1)
+Traceback (most recent call last):
+...
+learners.base.LearnerError: learner 'ftrl': got an unexpected keyword argument 'alpah'
 """
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from typing import Any
 
 from learners.base import Learner, LearnerError
 from learners.ftrl import FTRLProximal
+from learners.gbdt_lr import GBDTLR
 
-__all__ = ["LEARNERS", "FTRLProximal", "Learner", "LearnerError", "make_learner"]
+__all__ = ["GBDTLR", "LEARNERS", "FTRLProximal", "Learner", "LearnerError", "make_learner"]
 
 # Name (as used by `--learners ftrl,gbdt_lr,din`) -> factory taking the learner's params.
 LEARNERS: dict[str, Callable[..., Learner]] = {
     "ftrl": FTRLProximal,
+    "gbdt_lr": GBDTLR,
 }
 
 
@@ -33,4 +40,8 @@ def make_learner(name: str, **params: Any) -> Learner:
         raise LearnerError(
             f"unknown learner {name!r}; available: {', '.join(sorted(LEARNERS))}"
         ) from None
+    try:
+        inspect.signature(factory).bind(**params)
+    except TypeError as e:
+        raise LearnerError(f"learner {name!r}: {e}") from None
     return factory(**params)

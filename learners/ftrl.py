@@ -58,13 +58,12 @@ import xxhash
 
 from features.compiled import prefetch_row
 from features.hashing import MAX_BITS, SparseBatch, batch_from_dicts, batch_from_frame, cross_names
-from learners.base import LearnerError
+from learners.base import LearnerError, batch_labels, good_weight
 
 __all__ = ["FTRLProximal"]
 
 _xxh3 = xxhash.xxh3_64_intdigest
 _isfinite = math.isfinite
-_INF = math.inf
 
 # river's GLM default ``clip_gradient``: the loss gradient is clamped to +-this value.
 _CLIP_GRADIENT = 1e12
@@ -179,13 +178,6 @@ def _run(table, mask, indptr, hashes, values, y, sw, hyper, seed, counts, scores
 
 
 # -- validation helpers -----------------------------------------------------------------
-
-
-def _good_weight(w: Any) -> bool:
-    try:
-        return 0.0 <= w < _INF  # also False for NaN
-    except TypeError:
-        return False
 
 
 def _real(name: str, value: Any) -> float:
@@ -481,32 +473,6 @@ class FTRLProximal:
                                f"{sparse.values[bad]!r}")
         return sparse
 
-    @staticmethod
-    def _labels(y: Sequence[int] | np.ndarray, w: Sequence[float] | np.ndarray | None,
-                n: int) -> tuple[np.ndarray, np.ndarray]:
-        ys = np.asarray(y)
-        ws = np.ones(n) if w is None else np.asarray(w)
-        if ys.shape != (n,) or ws.shape != (n,):
-            raise LearnerError(f"batch has {n} samples but {ys.size} labels and {ws.size} weights")
-        if ys.dtype.kind in "biuf":
-            good = (ys == 0) | (ys == 1)
-        else:  # strings, None and other objects: only the numbers 0 and 1 are labels
-            good = np.fromiter((not isinstance(v, str) and v in (0, 1) for v in ys.tolist()),
-                               bool, n)
-        if not good.all():
-            k = int(np.argmin(good))
-            raise LearnerError(f"sample {k}: label must be 0 or 1, got {ys[k]!r}")
-        if ws.dtype.kind in "fiu":
-            with np.errstate(invalid="ignore"):
-                good = np.isfinite(ws) & (ws >= 0)
-        else:
-            good = np.fromiter((_good_weight(v) for v in ws.tolist()), bool, n)
-        if not good.all():
-            k = int(np.argmin(good))
-            raise LearnerError(f"sample {k}: sample weight must be finite and >= 0, "
-                               f"got {ws[k]!r}")
-        return ys.astype(np.int8), ws.astype(np.float64)
-
     def _call(self, indptr, hashes, values, y, sw, learn: bool) -> np.ndarray:
         scores = np.empty(len(indptr) - 1)
         bad = _run(self._table, self._mask, indptr, hashes, values, y, sw, self._hyper,
@@ -533,7 +499,7 @@ class FTRLProximal:
         """
         if isinstance(y, bool) or y not in (0, 1):
             raise LearnerError(f"label must be 0 or 1, got {y!r}")
-        if not _good_weight(w):
+        if not good_weight(w):
             raise LearnerError(f"sample weight must be finite and >= 0, got {w!r}")
         indptr, hashes, values = self._row(x)
         try:
@@ -565,7 +531,7 @@ class FTRLProximal:
         as the model had it just before learning that sample.
         """
         b = self._batch(batch)
-        ys, ws = self._labels(y, w, len(b))
+        ys, ws = batch_labels(y, w, len(b))
         return self._call(b.indptr, b.hashes, b.values, ys, ws, True)
 
 
