@@ -23,7 +23,14 @@ from features.joiner import JoinerConfig
 from learners import LEARNERS, LearnerError
 from pipeline.broker import BrokerError
 from pipeline.checkpoint import CheckpointError
-from pipeline.config import ConfigError, Options, parse_bool, parse_duration_ms, parse_names
+from pipeline.config import (
+    ConfigError,
+    Options,
+    learner_params,
+    parse_bool,
+    parse_duration_ms,
+    parse_names,
+)
 from replay.inputs import ReplayInputError
 
 __all__ = ["main"]
@@ -170,6 +177,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     config = ServiceConfig(
         bootstrap=args.bootstrap,
         learners=args.learners,
+        learner_params=learner_params(args.config, LEARNERS),
         checkpoint_dir=args.checkpoint_dir,
         metrics_port=args.metrics_port,
         max_events=args.max_events,
@@ -198,6 +206,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
     from replay.run import run_replay
 
     result = run_replay(args.dir, args.learners, args.report, joiner_config=_joiner_config(args),
+                        learner_params=learner_params(args.config, LEARNERS),
                         modes=args.delayed_feedback, warmup_ms=args.warmup)
     Console().print(learner_table(result.learners, "progressive validation (replay)"))
     print(f"report: {args.report}/report.md")

@@ -22,12 +22,12 @@ import argparse
 import os
 import re
 import tomllib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-__all__ = ["ConfigError", "Options", "parse_duration_ms", "parse_names"]
+__all__ = ["ConfigError", "Options", "learner_params", "parse_duration_ms", "parse_names"]
 
 ENV_PREFIX = "STREAMCTR_"
 _REQUIRED = object()
@@ -58,6 +58,8 @@ def parse_duration_ms(text: str | int) -> int:
 
 def parse_names(text: str | list[str]) -> tuple[str, ...]:
     """``"ftrl, din"`` or ``["ftrl", "din"]`` → ``("ftrl", "din")``; empty is an error."""
+    if not isinstance(text, str | list):
+        raise ValueError(f"expected a comma-separated string or a list, got {text!r}")
     items = text if isinstance(text, list) else text.split(",")
     names = tuple(dict.fromkeys(str(n).strip() for n in items if str(n).strip()))
     if not names:
@@ -147,16 +149,46 @@ class Options:
             raise ConfigError(f"{self._flags[dest]} (from {source}): {exc}") from None
 
 
-def _load_table(path: str | None, command: str) -> dict[str, Any]:
-    """Top-level keys of the TOML file overlaid with its ``[command]`` table."""
-    if path is None:
-        return {}
+def _read_toml(path: str) -> dict[str, Any]:
     try:
-        doc = tomllib.loads(Path(path).read_text())
+        return tomllib.loads(Path(path).read_text())
     except OSError as exc:
         raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+
+
+def learner_params(path: str | None, known: Collection[str]) -> dict[str, dict[str, Any]]:
+    """Each learner's hyper-parameters, from the ``[learner.<name>]`` tables of a TOML file.
+
+    (Singular ``learner``: the top-level key ``learners`` is the ``--learners`` option.)
+
+    >>> import tempfile
+    >>> with tempfile.NamedTemporaryFile("w", suffix=".toml", delete=False) as f:
+    ...     _ = f.write('[learner.ftrl]\\nalpha = 0.1\\ncrosses = [["user", "category"]]\\n')
+    >>> learner_params(f.name, known=["ftrl"])
+    {'ftrl': {'alpha': 0.1, 'crosses': [['user', 'category']]}}
+    >>> learner_params(None, known=["ftrl"])
+    {}
+    """
+    if path is None:
+        return {}
+    tables = _read_toml(path).get("learner", {})
+    if not isinstance(tables, dict) or not all(isinstance(t, dict) for t in tables.values()):
+        raise ConfigError(f"config file {path}: [learner] must hold one table per learner, "
+                          "e.g. [learner.ftrl]")
+    unknown = sorted(set(tables) - set(known))
+    if unknown:
+        raise ConfigError(f"config file {path}: [learner.{unknown[0]}]: unknown learner; "
+                          f"available: {', '.join(known)}")
+    return {name: dict(table) for name, table in tables.items()}
+
+
+def _load_table(path: str | None, command: str) -> dict[str, Any]:
+    """Top-level keys of the TOML file overlaid with its ``[command]`` table."""
+    if path is None:
+        return {}
+    doc = _read_toml(path)
     table = {k.replace("-", "_"): v for k, v in doc.items() if not isinstance(v, dict)}
     own = doc.get(command, {})
     if not isinstance(own, dict):

@@ -38,7 +38,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -77,6 +77,8 @@ class ServiceConfig:
 
     bootstrap: str
     learners: tuple[str, ...] = ("ftrl",)
+    # Hyper-parameters by learner name (the config file's [learner.<name>] tables).
+    learner_params: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     checkpoint_dir: Path | None = None
     metrics_port: int | None = 9100  # None: no endpoint; 0: any free port
     max_events: int | None = None
@@ -146,7 +148,10 @@ class Service:
         on_progress: Callable[[int], None] | None = None,
     ) -> None:
         self.config = config
-        self.learners: dict[str, Learner] = {name: make_learner(name) for name in config.learners}
+        self.learners: dict[str, Learner] = {
+            name: make_learner(name, **config.learner_params.get(name, {}))
+            for name in config.learners
+        }
         self.metrics = ServiceMetrics(self.learners, window=config.rolling_window)
         callbacks = [self.metrics.on_outcome, *extra_outcome_callbacks]
         if config.publish_samples:
@@ -337,6 +342,9 @@ class Service:
     def _publish_metrics(self, consumer: KafkaConsumer, assigned: set[TopicPartition]) -> None:
         joiner = self.engine.joiner
         self.metrics.publish(joiner.stats, joiner.open_windows, self._newest_ts)
+        self.metrics.publish_learners({name: learner.stats()
+                                       for name, learner in self.learners.items()
+                                       if callable(getattr(learner, "stats", None))})
         lag: dict[str, int] = {}
         for tp in assigned:
             highwater = consumer.highwater(tp)

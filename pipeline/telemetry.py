@@ -4,13 +4,14 @@ Counters mirror the joiner's: a scrape shows what was consumed, rejected, joined
 late, duplicate and orphaned, and the samples emitted by label. Gauges show the
 learners' rolling logloss and exact AUC over their last ``window`` outcomes and
 how far processing is behind the newest event (event-time lag) and behind the
-log end (records not read yet).
+log end (records not read yet). Learners with a ``stats()`` method (the GBDT+LR hybrid)
+add their tree refits, swaps and drift detections.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from wsgiref.simple_server import WSGIServer
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
@@ -75,7 +76,21 @@ class ServiceMetrics:
             "streamctr_consumer_lag_records", "Records between the read position and the log end",
             ["topic"], registry=r,
         )
+        self.tree_refits = Counter(
+            "streamctr_tree_refits", "Tree refits started, by trigger (schedule or drift)",
+            ["learner", "trigger"], registry=r,
+        )
+        self.tree_swaps = Counter(
+            "streamctr_tree_swaps",
+            "Serving LR replaced by the new trees' shadow LR, by reason (loss or warmup)",
+            ["learner", "reason"], registry=r,
+        )
+        self.drift_detections = Counter(
+            "streamctr_drift_detections", "Drift detector firings on a learner's loss",
+            ["learner"], registry=r,
+        )
         self._windows = {name: RollingWindow(window) for name in learner_names}
+        self._last_learner_stats: dict[str, Mapping[str, int]] = {}
         self._last_stats = JoinStats()
         self._server: WSGIServer | None = None
         self.port: int | None = None
@@ -115,6 +130,22 @@ class ServiceMetrics:
             self.rolling_auc.labels(name).set(window.auc())
         if newest_event_ts is not None:
             self.event_lag.set(max(0.0, time.time() - newest_event_ts / 1000))
+
+    def publish_learners(self, stats: Mapping[str, Mapping[str, int]]) -> None:
+        """Advance the tree counters to each learner's ``stats()`` (cumulative counts)."""
+        for name, now in stats.items():
+            last = self._last_learner_stats.get(name, {})
+
+            def delta(key: str, now: Mapping[str, int] = now, last=last) -> int:
+                return now.get(key, 0) - last.get(key, 0)
+
+            drift = delta("drift_refits")
+            self._inc(self.tree_refits.labels(name, "drift"), drift)
+            self._inc(self.tree_refits.labels(name, "schedule"), delta("refits") - drift)
+            self._inc(self.tree_swaps.labels(name, "loss"), delta("swaps_on_loss"))
+            self._inc(self.tree_swaps.labels(name, "warmup"), delta("swaps_on_warmup"))
+            self._inc(self.drift_detections.labels(name), delta("drifts"))
+            self._last_learner_stats[name] = dict(now)
 
     @staticmethod
     def _inc(counter: Counter, amount: int) -> None:

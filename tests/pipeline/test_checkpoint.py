@@ -73,3 +73,26 @@ def test_state_of_another_shape_is_a_checkpoint_error(tmp_path):
     save_checkpoint(tmp_path / "ckpt", {"ftrl": trained()})
     with pytest.raises(CheckpointError, match="ftrl does not fit"):
         load_checkpoint(tmp_path / "ckpt", {"ftrl": FTRLProximal(n_bits=14)})
+
+
+def test_learner_with_other_hyper_parameters_than_the_checkpoint_is_refused(tmp_path):
+    save_checkpoint(tmp_path / "ckpt", {"ftrl": trained()})
+    changed = FTRLProximal(n_bits=12, crosses=[("user", "item")])
+    with pytest.raises(CheckpointError, match="ftrl does not fit: state dict was learned with "
+                                              "crosses"):
+        load_checkpoint(tmp_path / "ckpt", {"ftrl": changed})
+    assert changed.n_learned == 0
+
+
+def test_sparse_learner_state_with_string_arrays_survives_the_checkpoint(tmp_path):
+    model = FTRLProximal(n_bits=12, crosses=[("user", "item")], negative_rate=0.5, seed=4)
+    for i, x in enumerate(X):
+        model.learn_one(x, int(i % 5 == 0))
+    save_checkpoint(tmp_path / "ckpt", {"ftrl": model})
+    restored = FTRLProximal(n_bits=12, crosses=[("user", "item")], negative_rate=0.5, seed=4)
+    load_checkpoint(tmp_path / "ckpt", {"ftrl": restored})
+    for i, x in enumerate(X):
+        assert restored.predict_proba_one(x) == model.predict_proba_one(x)
+        restored.learn_one(x, int(i % 3 == 0))
+        model.learn_one(x, int(i % 3 == 0))
+    assert restored.n_skipped == model.n_skipped > 0

@@ -7,6 +7,7 @@ import sys
 
 import pytest
 
+from learners import LEARNERS
 from pipeline.cli import main
 
 COMMANDS = ["demo", "broker", "generate", "produce", "serve", "replay"]
@@ -47,6 +48,14 @@ def test_replay_of_a_folder_without_inputs_is_a_one_line_error(capsys, tmp_path)
     assert "impressions.parquet is missing" in one_line_error(capsys)
 
 
+def test_a_list_option_of_the_wrong_toml_type_is_a_one_line_error(capsys, tmp_path):
+    (tmp_path / "bad.toml").write_text("learners = 3\n")
+    assert main(["replay", str(tmp_path), "--report", str(tmp_path / "r"),
+                 "--config", str(tmp_path / "bad.toml")]) == 2
+    assert "--learners (from config key 'learners'): expected a comma-separated string or a list" \
+        in one_line_error(capsys)
+
+
 def test_bad_window_from_environment_names_the_variable(capsys, tmp_path, monkeypatch):
     monkeypatch.setenv("STREAMCTR_WINDOW", "forever")
     assert main(["replay", str(tmp_path), "--report", str(tmp_path / "r")]) == 2
@@ -82,7 +91,44 @@ def test_demo_runs_end_to_end_and_service_agrees_with_replay(tmp_path):
     assert done.returncode == 0, done.stderr[-2000:]
     assert "identical to the service's" in done.stdout
     doc = json.loads((tmp_path / "demo" / "report.json").read_text())
-    assert set(doc["learners"]) == {"ftrl", "truth (oracle)"}
+    assert set(doc["learners"]) == {*LEARNERS, "truth (oracle)"}  # the demo runs them all
     assert doc["learners"]["ftrl"]["auc"] > 0.55
     assert doc["details"]["replay_agrees_with_service"] is True
     assert (tmp_path / "demo" / "replay" / "report.json").is_file()
+
+
+@pytest.fixture(scope="module")
+def small_stream(tmp_path_factory):
+    from replay.synthetic import generate, write_stream
+
+    folder = tmp_path_factory.mktemp("small")
+    write_stream(generate(8000, seed=2), folder)
+    return folder
+
+
+def test_learner_tables_of_the_config_file_set_hyper_parameters(small_stream, tmp_path):
+    (tmp_path / "tuned.toml").write_text(
+        '[learner.ftrl]\nalpha = 0.3\nnegative_rate = 0.5\ncrosses = [["user", "position"]]\n')
+    runs = {}
+    for name, extra in (("default", []), ("tuned", ["--config", str(tmp_path / "tuned.toml")])):
+        report = tmp_path / name
+        # A 30 s window: labels become final (and learned) within the small stream.
+        assert main(["replay", str(small_stream), "--report", str(report), "--warmup", "0",
+                     "--window", "30s", *extra]) == 0
+        runs[name] = json.loads((report / "report.json").read_text())["learners"]["ftrl"]
+    assert runs["tuned"]["samples"] == runs["default"]["samples"]
+    assert runs["tuned"]["auc"] != runs["default"]["auc"]
+
+
+@pytest.mark.parametrize(
+    ("toml", "message"),
+    [('[learner.xgb]\ndepth = 3\n', "[learner.xgb]: unknown learner; available: ftrl"),
+     ('[learner.ftrl]\nalpah = 0.1\n', "learner 'ftrl': got an unexpected keyword argument"),
+     ('[learner.ftrl]\nalpha = -1.0\n', "alpha must be > 0"),
+     ('learner = 3\n', "[learner] must hold one table per learner")],
+)
+def test_bad_learner_table_is_a_one_line_error(toml, message, small_stream, tmp_path, capsys):
+    (tmp_path / "bad.toml").write_text(toml)
+    assert main(["replay", str(small_stream), "--report", str(tmp_path / "r"),
+                 "--config", str(tmp_path / "bad.toml")]) == 2
+    assert message in one_line_error(capsys)
