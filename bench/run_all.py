@@ -4,12 +4,16 @@ Every figure is the median of several runs in this one process, and every speed
 is also given as a ratio against a baseline run alongside it (river, scikit-learn),
 because absolute numbers on shared machines drift from run to run.
 
-    .venv/bin/python bench/run_all.py [--quick]
+    .venv/bin/python bench/run_all.py [--quick] [--only SECTION[,SECTION…]]
+
+``--only`` measures the named sections and puts them in place of the same sections of
+the existing file, marking them with the time of that run; the rest is kept.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 import platform
 import statistics
@@ -25,16 +29,25 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from features.featurize import impression_features  # noqa: E402
-from features.joiner import Joiner  # noqa: E402
-from learners import FTRLProximal  # noqa: E402
+from learners import LEARNERS  # noqa: E402
 from replay import metrics  # noqa: E402
-from replay.inputs import iter_events, read_replay_input  # noqa: E402
 from replay.run import run_replay  # noqa: E402
 from replay.synthetic import generate, write_stream  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).parent))
 import joiner as joiner_bench  # noqa: E402
+import quality as quality_bench  # noqa: E402
+
+
+def _load(name: str, path: Path):
+    """Import a bench script by path: ``bench/learners.py`` would shadow the package."""
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+learners_bench = _load("bench_learners", Path(__file__).parent / "learners.py")
 
 
 def median_time(fn: Callable[[], object], runs: int) -> float:
@@ -55,68 +68,6 @@ def bench_generator(runs: int, n_events: int) -> list[str]:
         f"`generate({n_events:,}) + write_stream` (three Parquet files): "
         f"**{seconds:.2f} s** median of {runs} runs ({n_events / seconds:,.0f} events/s).",
         "Target: ≥ 1M events in well under a minute.",
-        "",
-    ]
-
-
-def _progressive(model_predict, model_learn, xs, ys) -> tuple[float, np.ndarray]:
-    scores = np.empty(len(ys))
-    start = time.perf_counter()
-    for i, (x, y) in enumerate(zip(xs, ys, strict=True)):
-        scores[i] = model_predict(x)
-        model_learn(x, y)
-    return time.perf_counter() - start, scores
-
-
-def bench_ftrl_vs_river(runs: int, data: Path, n: int) -> list[str]:
-    from river import linear_model, optim
-
-    # The feature dicts a replay would score: each impression with its joined features.
-    joiner = Joiner()
-    impressions, xs = [], []
-    for event in iter_events(read_replay_input(data)):
-        result = joiner.push([event])
-        for imp, row in zip(result.events, result.rows, strict=True):
-            if row >= 0 and len(xs) < n:
-                impressions.append(imp)
-                xs.append(impression_features(imp, joiner.features(int(row))))
-        if len(xs) >= n:
-            break
-    # Labels from the generator's ground truth keep the learning problem realistic.
-    import polars as pl
-
-    truth = pl.read_parquet(data / "truth.parquet").unique("impression_id", keep="first")
-    clicked = dict(zip(truth["impression_id"], truth["clicked"], strict=True))
-    ys = [int(clicked[imp.impression_id]) for imp in impressions]
-
-    ours_t, river_t, ours_auc, river_auc = [], [], [], []
-    for _ in range(runs):
-        ours = FTRLProximal()
-        t, s = _progressive(ours.predict_proba_one, ours.learn_one, xs, ys)
-        ours_t.append(t)
-        ours_auc.append(metrics.auc(ys, s))
-        ref = linear_model.LogisticRegression(optimizer=optim.FTRLProximal(), intercept_lr=0)
-        t, s = _progressive(lambda x, m=ref: m.predict_proba_one(x)[True], ref.learn_one, xs, ys)
-        river_t.append(t)
-        river_auc.append(metrics.auc(ys, s))
-    ours_eps = n / statistics.median(ours_t)
-    river_eps = n / statistics.median(river_t)
-    return [
-        "## FTRL-Proximal vs river (predict-then-learn, one event at a time)",
-        "",
-        f"{n:,} impressions of the synthetic stream, {np.mean([len(x) for x in xs]):.0f} features"
-        " each, same hyper-parameters (river defaults), median of "
-        f"{runs} runs in one process:",
-        "",
-        "| learner | events/s | progressive AUC |",
-        "|---|---:|---:|",
-        f"| streamctr `FTRLProximal` (`learn_one`) | {ours_eps:,.0f} | "
-        f"{statistics.median(ours_auc):.4f} |",
-        f"| river `LogisticRegression(optim.FTRLProximal)` | {river_eps:,.0f} | "
-        f"{statistics.median(river_auc):.4f} |",
-        "",
-        f"Ratio: **{ours_eps / river_eps:.2f}×** river. (The pure-Python `_one` path; the "
-        "compiled batch kernel is a later issue.)",
         "",
     ]
 
@@ -202,10 +153,39 @@ def bench_auc(runs: int, n: int) -> list[str]:
     ]
 
 
+SECTIONS = ("generator", "learners", "quality", "replay", "service", "auc", "joiner")
+
+
+def _split(lines: list[str]) -> tuple[list[str], dict[str, list[str]]]:
+    """The lines before the first ``## `` heading, and each section by its heading."""
+    head: list[str] = []
+    sections: dict[str, list[str]] = {}
+    current = head
+    for line in lines:
+        if line.startswith("## "):
+            current = sections.setdefault(line, [])
+        current.append(line)
+    return head, sections
+
+
+def splice(document: str, new_lines: list[str], stamp: str) -> str:
+    """``document`` with its sections replaced by the same-titled ones of ``new_lines``
+    (new titles appended), each new section stamped under its heading."""
+    head, old = _split(document.splitlines())
+    _, new = _split(new_lines)
+    for title, lines in new.items():
+        old[title] = [lines[0], "", stamp, *lines[1:]]
+    return "\n".join(head + [line for lines in old.values() for line in lines]) + "\n"
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="small sizes, one run each")
+    parser.add_argument("--only", type=lambda t: set(t.split(",")), default=None,
+                        help="comma-separated sections to measure (" + ", ".join(SECTIONS) + ")")
     args = parser.parse_args()
+    if args.only and not args.only <= set(SECTIONS):
+        parser.error(f"unknown section(s) {', '.join(sorted(args.only - set(SECTIONS)))}")
     runs = 1 if args.quick else 3
     scale = 10 if args.quick else 1
     sections: list[str] = []
@@ -213,18 +193,23 @@ def main() -> int:
         data = Path(tmp) / "stream"
         replay_events = 200_000 // scale
         write_stream(generate(replay_events, seed=0), data)
-        for name, run in [
+        benches = [
             ("generator", lambda: bench_generator(runs, 1_000_000 // scale)),
-            ("ftrl", lambda: bench_ftrl_vs_river(runs, data, 50_000 // scale)),
+            ("learners", lambda: learners_bench.markdown(
+                learners_bench.measure(500_000 // scale, runs), runs)),
+            ("quality", lambda: quality_bench.markdown(
+                quality_bench.measure(list(LEARNERS), 200_000 // scale), list(LEARNERS))),
             ("replay", lambda: bench_replay(runs, data, replay_events)),
             ("service", lambda: bench_service(data, replay_events)),
             ("auc", lambda: bench_auc(runs, 10_000_000 // scale)),
             ("joiner", lambda: joiner_bench.markdown(
                 joiner_bench.throughput(runs, 10_000_000 // scale, 200_000 // scale),
                 joiner_bench.store_memory(10_000_000 // scale), runs)),
-        ]:
-            print(f"bench: {name} …", file=sys.stderr, flush=True)
-            sections += run()
+        ]
+        for name, run in benches:
+            if args.only is None or name in args.only:
+                print(f"bench: {name} …", file=sys.stderr, flush=True)
+                sections += run()
     header = [
         "# Benchmarks",
         "",
@@ -236,7 +221,12 @@ def main() -> int:
         "",
     ]
     out = ROOT / "docs" / "BENCHMARKS.md"
-    out.write_text("\n".join(header + sections))
+    if args.only:
+        stamp = (f"_Measured {datetime.now(UTC):%Y-%m-%d %H:%M} UTC by "
+                 f"`bench/run_all.py --only {','.join(sorted(args.only))}`._")
+        out.write_text(splice(out.read_text(), sections, stamp))
+    else:
+        out.write_text("\n".join(header + sections))
     print(f"wrote {out}", file=sys.stderr)
     return 0
 
