@@ -29,7 +29,6 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from learners import LEARNERS  # noqa: E402
 from replay import metrics  # noqa: E402
 from replay.run import run_replay  # noqa: E402
 from replay.synthetic import generate, write_stream  # noqa: E402
@@ -198,7 +197,8 @@ def main() -> int:
             ("learners", lambda: learners_bench.markdown(
                 learners_bench.measure(500_000 // scale, runs), runs)),
             ("quality", lambda: quality_bench.markdown(
-                quality_bench.measure(list(LEARNERS), 200_000 // scale), list(LEARNERS))),
+                quality_bench.measure(list(quality_bench.DEFAULT_LEARNERS), 200_000 // scale),
+                list(quality_bench.DEFAULT_LEARNERS))),
             ("replay", lambda: bench_replay(runs, data, replay_events)),
             ("service", lambda: bench_service(data, replay_events)),
             ("auc", lambda: bench_auc(runs, 10_000_000 // scale)),

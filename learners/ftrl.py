@@ -20,9 +20,11 @@ with no hash collisions, both give the same predictions (checked in
 
 Predictions apply river's sigmoid, which returns exactly 0 below -30 and 1 above 30.
 
-State is one float64 array of ``2**n_bits`` rows ``(z, n, w, 0)`` (the stored weight ``w``
-is needed because of point 3); a row is 32 bytes, aligned, so a feature's state never
-straddles two cache lines: one miss per feature.
+State is one float64 array of ``2**n_bits`` rows ``(z, n, w, sqrt(n))`` (the stored weight
+``w`` is needed because of point 3; ``sqrt(n)`` is kept so each update takes one square
+root instead of two — the same value the second one would compute, so results are
+unchanged — and is not saved, only rebuilt on load); a row is 32 bytes, aligned, so a
+feature's state never straddles two cache lines: one miss per feature.
 
 Every path runs the same compiled kernel (:func:`_run`): ``learn_one`` is a batch of one,
 so ``learn_many`` of a batch gives bit-identical weights to ``learn_one`` over its rows in
@@ -72,7 +74,7 @@ _FORMAT = "streamctr.learners.ftrl"
 _VERSION = 2
 _HYPER = ("alpha", "beta", "l1", "l2", "n_bits", "negative_rate", "inclusion_p", "seed")
 _ARRAYS = ("index", "z", "n", "w")
-_Z, _N, _W = 0, 1, 2  # columns of the state table
+_Z, _N, _W, _SQRT_N = 0, 1, 2, 3  # columns of the state table
 # Counters kept in the state (int64 array ``counts``): samples learned, negatives skipped by
 # downsampling, random draws made.
 _LEARNED, _SKIPPED, _DRAWS = 0, 1, 2
@@ -107,7 +109,7 @@ def _sigmoid(raw: float) -> float:
 def _run(table, mask, indptr, hashes, values, y, sw, hyper, seed, counts, scores, learn):
     """Score rows in order and, when ``learn``, apply each row's FTRL step after its score.
 
-    table: float64 (2**n_bits, 4) rows (z, n, w, padding); indptr: int64 (B + 1,);
+    table: float64 (2**n_bits, 4) rows (z, n, w, sqrt(n)); indptr: int64 (B + 1,);
     hashes: int64 (nnz,) feature name hashes (masked here); values: float64 (nnz,);
     y: int8 (B,); sw: float64 (B,)
     sample weights; hyper: float64 (6,) alpha, beta, l1, l2, log(negative_rate),
@@ -154,12 +156,11 @@ def _run(table, mask, indptr, hashes, values, y, sw, hyper, seed, counts, scores
         # same thing (with a collision, the shared slot simply takes successive updates).
         for j in range(lo, hi):
             i = hashes[j] & mask
-            zi, ni = table[i, _Z], table[i, _N]
+            zi, ni, sqrt_ni = table[i, _Z], table[i, _N], table[i, _SQRT_N]
             if inclusion_p < 1.0 and ni == 0.0 and zi == 0.0:
                 counts[_DRAWS] += 1
                 if _uniform(seed, counts[_DRAWS]) >= inclusion_p:
                     continue  # not in the model yet: this sighting leaves no state
-            sqrt_ni = math.sqrt(ni)
             if abs(zi) > l1:
                 # The FTRL-Proximal closed form, written as river writes it.
                 wi = -(1.0 / ((beta + sqrt_ni) / alpha + l2)) * (
@@ -170,9 +171,11 @@ def _run(table, mask, indptr, hashes, values, y, sw, hyper, seed, counts, scores
                 wi = table[i, _W]  # river leaves the stored weight untouched (not 0)
             g = values[j] * lg
             g2 = g * g
-            sigma = (math.sqrt(ni + g2) - sqrt_ni) / alpha
+            sqrt_next = math.sqrt(ni + g2)
+            sigma = (sqrt_next - sqrt_ni) / alpha
             table[i, _Z] = zi + (g - sigma * wi)
             table[i, _N] = ni + g2
+            table[i, _SQRT_N] = sqrt_next
         counts[_LEARNED] += 1
     return -1
 
@@ -414,6 +417,7 @@ class FTRLProximal:
             table[index, col] = a
         if (table[:, _N] < 0.0).any():
             raise LearnerError("state dict n has negative values")
+        table[index, _SQRT_N] = np.sqrt(table[index, _N])
         self._table = table
         self._counts = np.array(counts, np.int64)
 

@@ -169,6 +169,7 @@ class _Forest:
     left: np.ndarray
     right: np.ndarray
     names: list[list[str]]  # names[tree][leaf]: the LR feature of that leaf
+    values: np.ndarray  # float64 (n_trees, max_leaves): LightGBM's output of each leaf
 
     @property
     def n_trees(self) -> int:
@@ -179,6 +180,10 @@ class _Forest:
         _find_leaves(dense, self.roots, self.feature, self.threshold, self.flags, self.left,
                      self.right, out)
         return out
+
+    def raw_score(self, dense: np.ndarray) -> float:
+        """The trees' own log-odds for one row: the sum of its leaves' outputs."""
+        return float(self.values[np.arange(self.roots.size), self.leaves(dense)].sum())
 
     def leaf_features(self, dense: np.ndarray, value: float) -> dict[str, float]:
         names = self.names
@@ -200,10 +205,13 @@ def _flatten_forest(model: str, generation: int) -> _Forest:
     right: list[int] = []
     roots: list[int] = []
     names: list[list[str]] = []
+    values: list[dict[int, float]] = []
 
     def walk(node: dict[str, Any]) -> int:
         if "split_index" not in node:  # a leaf (a one-leaf tree has no leaf_index)
-            return -int(node.get("leaf_index", 0)) - 1
+            leaf = int(node.get("leaf_index", 0))
+            values[-1][leaf] = float(node["leaf_value"])
+            return -leaf - 1
         if node.get("decision_type", "<=") != "<=":
             raise LearnerError("categorical splits are not supported")
         i = len(feature)
@@ -220,11 +228,16 @@ def _flatten_forest(model: str, generation: int) -> _Forest:
         return i
 
     for t, tree in enumerate(dump["tree_info"]):
+        values.append({})
         roots.append(walk(tree["tree_structure"]))
         names.append([f"leaf={generation}:{t}:{leaf}" for leaf in range(int(tree["num_leaves"]))])
+    leaf_values = np.zeros((len(roots), max((len(v) for v in values), default=1)), np.float64)
+    for t, tree_values in enumerate(values):
+        for leaf, v in tree_values.items():
+            leaf_values[t, leaf] = v
     return _Forest(generation, model, np.array(roots, np.int32), np.array(feature, np.int32),
                    np.array(threshold, np.float64), np.array(flags, np.int8),
-                   np.array(left, np.int32), np.array(right, np.int32), names)
+                   np.array(left, np.int32), np.array(right, np.int32), names, leaf_values)
 
 
 # -- the background refit -------------------------------------------------------------------
@@ -558,6 +571,17 @@ class GBDTLR:
         if self._forest is not None:
             dense = self._dense(x, self._dense_names)  # type: ignore[arg-type]
         return self._lr.predict_proba_one(self._lr_input(x, self._forest, dense))
+
+    def predict_trees_one(self, x: dict[str, float]) -> float | None:
+        """Click probability of the newest trees alone (the shadow's when one trains), or
+        None before the first trees: the "trees only" model of He et al.'s Table 1, for
+        ablations and monitoring; the hybrid never serves it."""
+        self._check_x(x)
+        forest = self._shadow_forest or self._forest
+        if forest is None:
+            return None
+        raw = forest.raw_score(self._dense(x, self._dense_names))  # type: ignore[arg-type]
+        return 1.0 / (1.0 + math.exp(-raw))
 
     def predict_proba_many(self, batch: Sequence[dict[str, float]]) -> np.ndarray:
         """Click probabilities of ``batch`` as a float64 array (no state change)."""
