@@ -174,7 +174,10 @@ def splice(document: str, new_lines: list[str], stamp: str) -> str:
     _, new = _split(new_lines)
     for title, lines in new.items():
         old[title] = [lines[0], "", stamp, *lines[1:]]
-    return "\n".join(head + [line for lines in old.values() for line in lines]) + "\n"
+    # Every section ends with a blank line, so the next heading stands apart.
+    body = [line for lines in old.values()
+            for line in (lines if lines[-1] == "" else [*lines, ""])]
+    return "\n".join(head + body).rstrip("\n") + "\n"
 
 
 def main() -> int:
