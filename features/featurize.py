@@ -46,11 +46,17 @@ Names are ``field=value`` strings with value 1.0; learners hash the names.
 from __future__ import annotations
 
 import math
+import weakref
+from dataclasses import dataclass
+
+import numpy as np
 
 from features.events import Impression
+from features.hashing import hash_names
+from features.ids import Interner
 from features.joiner import JoinedFeatures
 
-__all__ = ["DENSE_PREFIX", "dense_features", "impression_features"]
+__all__ = ["DENSE_PREFIX", "Behaviours", "Features", "dense_features", "impression_features"]
 
 # Names of dense numeric features start with this; learners that need a dense vector
 # (the trees of learners.gbdt_lr) pick the features by it.
@@ -129,10 +135,83 @@ def dense_features(joined: JoinedFeatures) -> dict[str, float]:
     return out
 
 
-def impression_features(imp: Impression, joined: JoinedFeatures) -> dict[str, float]:
+@dataclass(frozen=True, slots=True)
+class Behaviours:
+    """An impression's behaviour sequences as of its event time, for sequence learners.
+
+    Items and categories are :func:`features.hashing.hash_names` of ``item=<id>`` and
+    ``category=<id>`` — the names of the impression's own ``item`` / ``category``
+    features — so a learner keying embeddings by name hash gives a behaviour and a
+    target of the same item one row. Newest first; ages in seconds before the impression.
+    Copies: they stay valid after the joiner moves on.
+    """
+
+    recent_item: np.ndarray  # int64 (n,) the user's last n clicks (n <= recent_length)
+    recent_category: np.ndarray  # int64 (n,)
+    recent_age_s: np.ndarray  # float32 (n,)
+    lifelong_item: np.ndarray  # int64 (m,) most recent same-category clicks (m <= top-K)
+    lifelong_category: np.ndarray  # int64 (m,)
+    lifelong_age_s: np.ndarray  # float32 (m,)
+
+
+class Features(dict):
+    """A feature dict (``{"name": value}``, what every learner reads) that can also carry
+    the impression's :class:`Behaviours` (``behaviours``, None when not asked for).
+    Learners without sequences see an ordinary dict."""
+
+    __slots__ = ("behaviours",)
+
+    def __init__(self, *args, behaviours: Behaviours | None = None, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.behaviours = behaviours
+
+
+class _NameHashes:
+    """``hash_names`` of ``prefix + value`` for every code of an interner, grown with it
+    (interners only grow, and a restored joiner has new ones)."""
+
+    def __init__(self, interner: Interner, prefix: str) -> None:
+        self._interner = weakref.ref(interner)
+        self._prefix = prefix
+        self._hashes = np.empty(0, np.int64)
+
+    def __call__(self, codes: np.ndarray) -> np.ndarray:
+        interner = self._interner()
+        assert interner is not None  # the cache entry dies with its interner
+        have, n = self._hashes.size, len(interner)
+        if have < n:
+            value, prefix = interner.value, self._prefix
+            fresh = hash_names(prefix + value(c) for c in range(have, n))
+            self._hashes = np.concatenate([self._hashes, fresh])
+        return self._hashes[codes]
+
+
+_NAME_HASHES: weakref.WeakKeyDictionary[Interner, _NameHashes] = weakref.WeakKeyDictionary()
+
+
+def _name_hashes(interner: Interner, prefix: str) -> _NameHashes:
+    cached = _NAME_HASHES.get(interner)
+    if cached is None:
+        cached = _NAME_HASHES[interner] = _NameHashes(interner, prefix)
+    return cached
+
+
+def behaviours(joined: JoinedFeatures) -> Behaviours:
+    """The :class:`Behaviours` of an impression from the joiner's features."""
+    items = _name_hashes(joined._joiner.items, "item=")
+    categories = _name_hashes(joined._joiner.categories, "category=")
+    return Behaviours(items(joined.recent_item), categories(joined.recent_cat),
+                      joined.recent_age_s.astype(np.float32),
+                      items(joined.topk_item), categories(joined.topk_cat),
+                      joined.topk_age_s.astype(np.float32))
+
+
+def impression_features(imp: Impression, joined: JoinedFeatures, *,
+                        with_behaviours: bool = False) -> Features:
     """Feature dict of one impression: ids, position, context, behaviour, crosses, and
-    the dense ``num.*`` counting features."""
-    x = {
+    the dense ``num.*`` counting features; with ``with_behaviours``, also the behaviour
+    sequences (:class:`Behaviours`) for sequence learners."""
+    x = Features({
         "bias": 1.0,
         f"user={imp.user_id}": 1.0,
         f"item={imp.item_id}": 1.0,
@@ -141,7 +220,7 @@ def impression_features(imp: Impression, joined: JoinedFeatures) -> dict[str, fl
         f"user×category={imp.user_id}|{imp.category_id}": 1.0,
         f"item×position={imp.item_id}|{imp.position}": 1.0,
         f"same_category_clicks={_bucket(len(joined.topk_item))}": 1.0,
-    }
+    }, behaviours=behaviours(joined) if with_behaviours else None)
     for key, value in imp.context.items():
         x[f"ctx.{key}={value}"] = 1.0
         x[f"category×ctx.{key}={imp.category_id}|{value}"] = 1.0
