@@ -31,6 +31,7 @@ __all__ = [
     "table_get",
     "table_items",
     "table_pop",
+    "table_prefetch",
     "table_reserve",
     "table_set",
 ]
@@ -79,9 +80,20 @@ def _find(e: np.ndarray, key: int) -> int:
 
 
 @nb.njit(cache=True, inline="always")
+def table_prefetch(t: HashTable, key: int) -> None:
+    """Hint the CPU to load the place where a probe for ``key`` starts (see
+    :func:`prefetch_row`), for a lookup a little later."""
+    e = t.entries
+    prefetch_row(e, _home(key, e.shape[0] - 1))
+
+
+@nb.njit(cache=True, inline="always")
 def table_get(t: HashTable, key: int, default: int) -> int:
-    i = _find(t.entries, key)
-    return t.entries[i, 1] if t.entries[i, 0] == key else default
+    # One read of t.entries: each read of a tuple's array field costs a reference count
+    # in compiled code (3 reads made this probe ~4x slower).
+    e = t.entries
+    i = _find(e, key)
+    return e[i, 1] if e[i, 0] == key else default
 
 
 @nb.njit(cache=True, inline="always")
