@@ -14,12 +14,14 @@ False
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+import numbers
+from collections.abc import Mapping, Sequence
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
-__all__ = ["Learner", "LearnerError", "batch_labels", "good_weight"]
+__all__ = ["Learner", "LearnerError", "QueuedScoring", "batch_labels", "check_float", "check_int",
+           "check_state", "good_weight", "learn_each"]
 
 
 class LearnerError(ValueError):
@@ -71,6 +73,101 @@ class Learner(Protocol):
     def load_state_dict(self, d: dict[str, Any]) -> None:
         """Replace the learned state with ``d`` (as returned by :meth:`state_dict`)."""
         ...
+
+
+@runtime_checkable
+class QueuedScoring(Protocol):
+    """Optional for learners whose predictions are much cheaper in batches (DIN).
+
+    ``queue_predict(x)`` takes an impression now and returns a ticket; ``queued_score``
+    returns, for that ticket, the score of the model as it was at ``queue_predict`` — the
+    learner scores its whole queue in one batch before its parameters next change (or
+    when a score is asked for), so it equals ``predict_proba_one(x)`` at that time up to
+    the rounding of batched arithmetic — and forgets the ticket.
+    The engine uses it so that each impression is still scored with the model of its
+    event time, without a forward pass per impression.
+    """
+
+    def queue_predict(self, x: dict[str, float]) -> int:
+        """Take ``x`` for scoring with the current model; a ticket for its score."""
+        ...
+
+    def queued_score(self, ticket: int) -> float:
+        """The score of a queued impression (each ticket can be read once)."""
+        ...
+
+
+def check_int(name: str, value: Any, low: int, high: int | None = None) -> int:
+    """``value`` as an int if it is one in ``[low, high]``, else :class:`LearnerError`.
+
+    >>> check_int("n_trees", 3, 1)
+    3
+    >>> check_int("n_trees", True, 1)
+    Traceback (most recent call last):
+    ...
+    learners.base.LearnerError: n_trees must be an int, got True
+    """
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise LearnerError(f"{name} must be an int, got {value!r}")
+    if value < low or (high is not None and value > high):
+        bound = f">= {low}" if high is None else f"in [{low}, {high}]"
+        raise LearnerError(f"{name} must be {bound}, got {value!r}")
+    return int(value)
+
+
+def check_float(name: str, value: Any, low: float, strict: bool) -> float:
+    """``value`` as a finite float ``>= low`` (``> low`` when ``strict``), else
+    :class:`LearnerError`."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise LearnerError(f"{name} must be a real number, got {value!r}")
+    value = float(value)
+    if not math.isfinite(value) or value < low or (strict and value == low):
+        raise LearnerError(f"{name} must be finite and {'>' if strict else '>='} {low}, "
+                           f"got {value!r}")
+    return value
+
+
+def check_state(d: Any, fmt: str, version: int, required: Sequence[str] = (),
+                hyper: Mapping[str, Any] | None = None) -> None:
+    """Refuse (with :class:`LearnerError`) a state dict that is not a mapping, lacks a
+    required key, is of another format or version, or was learned with other
+    hyper-parameters than ``hyper`` (arrays compared by value).
+
+    >>> check_state({"format": "f", "version": 2, "alpha": 0.1}, "f", 2, hyper={"alpha": 0.2})
+    Traceback (most recent call last):
+    ...
+    learners.base.LearnerError: state dict was learned with alpha=0.1, this learner has alpha=0.2
+    """
+    if not isinstance(d, Mapping):
+        raise LearnerError(f"state dict must be a mapping, got {type(d).__name__}")
+    hyper = hyper or {}
+    missing = [k for k in ("format", "version", *hyper, *required) if k not in d]
+    if missing:
+        raise LearnerError(f"state dict lacks {', '.join(missing)}")
+    if d["format"] != fmt:
+        raise LearnerError(f"state dict format is {d['format']!r}, expected {fmt!r}")
+    if d["version"] != version:
+        raise LearnerError(f"state dict version {d['version']!r} is not supported "
+                           f"(expected {version})")
+    for name, mine in hyper.items():
+        theirs = d[name]
+        same = (np.array_equal(np.asarray(theirs), mine) if isinstance(mine, np.ndarray)
+                else theirs == mine)
+        if not same:
+            raise LearnerError(f"state dict was learned with {name}={theirs!r}, "
+                               f"this learner has {name}={mine!r}")
+
+
+def learn_each(learner: Learner, batch: Sequence[dict[str, float]],
+               y: Sequence[int] | np.ndarray, w: Sequence[float] | np.ndarray | None) -> None:
+    """``learner.learn_one`` on each sample in order, labels and weights checked first; an
+    error names the sample. The ``learn_many`` of learners without a batch kernel."""
+    ys, ws = batch_labels(y, w, len(batch))
+    for k, (xk, yk, wk) in enumerate(zip(batch, ys.tolist(), ws.tolist(), strict=True)):
+        try:
+            learner.learn_one(xk, yk, wk)
+        except LearnerError as e:
+            raise LearnerError(f"sample {k}: {e}") from None
 
 
 def good_weight(w: Any) -> bool:

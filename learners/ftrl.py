@@ -60,7 +60,7 @@ import xxhash
 
 from features.compiled import prefetch_row
 from features.hashing import MAX_BITS, SparseBatch, batch_from_dicts, batch_from_frame, cross_names
-from learners.base import LearnerError, batch_labels, good_weight
+from learners.base import LearnerError, batch_labels, check_state, good_weight
 
 __all__ = ["FTRLProximal"]
 
@@ -365,25 +365,9 @@ class FTRLProximal:
         Raises :class:`LearnerError` if ``d`` is not an FTRL state of this version, was
         learned with other hyper-parameters, or has arrays of the wrong shape or values.
         """
-        if not isinstance(d, Mapping):
-            raise LearnerError(f"state dict must be a mapping, got {type(d).__name__}")
         counters = ("n_learned", "n_skipped", "n_draws")
-        missing = [k for k in ("format", "version", *_HYPER, "crosses", *counters, *_ARRAYS)
-                   if k not in d]
-        if missing:
-            raise LearnerError(f"state dict lacks {', '.join(missing)}")
-        if d["format"] != _FORMAT:
-            raise LearnerError(f"state dict format is {d['format']!r}, expected {_FORMAT!r}")
-        if d["version"] != _VERSION:
-            raise LearnerError(
-                f"state dict version {d['version']!r} is not supported (expected {_VERSION})"
-            )
-        for name in _HYPER:
-            if d[name] != getattr(self, name):
-                raise LearnerError(
-                    f"state dict was learned with {name}={d[name]!r}, "
-                    f"this learner has {name}={getattr(self, name)!r}"
-                )
+        check_state(d, _FORMAT, _VERSION, ("crosses", *counters, *_ARRAYS),
+                    {name: getattr(self, name) for name in _HYPER})
         crosses = [str(c) for c in np.asarray(d["crosses"]).tolist()]
         if crosses != ["×".join(c) for c in self.crosses]:
             raise LearnerError(f"state dict was learned with crosses {crosses}, "

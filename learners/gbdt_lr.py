@@ -101,7 +101,7 @@ import numba as nb
 import numpy as np
 from river import drift
 
-from learners.base import LearnerError, batch_labels, good_weight
+from learners.base import LearnerError, check_float, check_int, check_state, good_weight, learn_each
 from learners.ftrl import FTRLProximal
 
 __all__ = ["GBDTLR"]
@@ -281,24 +281,6 @@ def _logloss(p: float, y: int) -> float:
     return min(-math.log(p if y else 1.0 - p), _LOSS_CLIP)
 
 
-def _check_int(name: str, value: Any, low: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise LearnerError(f"{name} must be an int, got {value!r}")
-    if value < low:
-        raise LearnerError(f"{name} must be >= {low}, got {value!r}")
-    return int(value)
-
-
-def _check_float(name: str, value: Any, low: float, strict: bool) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise LearnerError(f"{name} must be a real number, got {value!r}")
-    value = float(value)
-    if not math.isfinite(value) or value < low or (strict and value == low):
-        raise LearnerError(f"{name} must be finite and {'>' if strict else '>='} {low}, "
-                           f"got {value!r}")
-    return value
-
-
 class _PageHinkley:
     """river's PageHinkley, with its state read and written as plain numbers."""
 
@@ -424,20 +406,20 @@ class GBDTLR:
         from features.hashing import MAX_BITS
 
         self.alpha, self.beta, self.l1, self.l2 = float(alpha), float(beta), float(l1), float(l2)
-        self.n_bits = _check_int("n_bits", n_bits, 1)
+        self.n_bits = check_int("n_bits", n_bits, 1)
         if self.n_bits > MAX_BITS:
             raise LearnerError(f"n_bits must be in [1, {MAX_BITS}], got {n_bits!r}")
-        self.n_trees = _check_int("n_trees", n_trees, 1)
-        self.num_leaves = _check_int("num_leaves", num_leaves, 2)
-        self.learning_rate = _check_float("learning_rate", learning_rate, 0.0, strict=True)
-        self.min_data_in_leaf = _check_int("min_data_in_leaf", min_data_in_leaf, 1)
-        self.max_bin = _check_int("max_bin", max_bin, 2)
-        self.buffer_size = _check_int("buffer_size", buffer_size, 2)
-        self.min_samples = _check_int("min_samples", min_samples, 2)
-        self.refit_every = _check_int("refit_every", refit_every, 1)
-        self.adopt_after = _check_int("adopt_after", adopt_after, 1)
-        self.shadow_window = _check_int("shadow_window", shadow_window, 1)
-        self.shadow_max = _check_int("shadow_max", shadow_max, 1)
+        self.n_trees = check_int("n_trees", n_trees, 1)
+        self.num_leaves = check_int("num_leaves", num_leaves, 2)
+        self.learning_rate = check_float("learning_rate", learning_rate, 0.0, strict=True)
+        self.min_data_in_leaf = check_int("min_data_in_leaf", min_data_in_leaf, 1)
+        self.max_bin = check_int("max_bin", max_bin, 2)
+        self.buffer_size = check_int("buffer_size", buffer_size, 2)
+        self.min_samples = check_int("min_samples", min_samples, 2)
+        self.refit_every = check_int("refit_every", refit_every, 1)
+        self.adopt_after = check_int("adopt_after", adopt_after, 1)
+        self.shadow_window = check_int("shadow_window", shadow_window, 1)
+        self.shadow_max = check_int("shadow_max", shadow_max, 1)
         if self.min_samples > self.buffer_size:
             raise LearnerError(f"min_samples ({min_samples}) must be <= buffer_size "
                                f"({buffer_size})")
@@ -458,10 +440,10 @@ class GBDTLR:
         # one feature's.
         if leaf_value is None:
             leaf_value = 1.0 / math.sqrt(self.n_trees)
-        self.leaf_value = _check_float("leaf_value", leaf_value, 0.0, strict=True)
-        self.drift_delta = _check_float("drift_delta", drift_delta, 0.0, strict=False)
-        self.drift_threshold = _check_float("drift_threshold", drift_threshold, 0.0, strict=True)
-        self.drift_min_instances = _check_int("drift_min_instances", drift_min_instances, 1)
+        self.leaf_value = check_float("leaf_value", leaf_value, 0.0, strict=True)
+        self.drift_delta = check_float("drift_delta", drift_delta, 0.0, strict=False)
+        self.drift_threshold = check_float("drift_threshold", drift_threshold, 0.0, strict=True)
+        self.drift_min_instances = check_int("drift_min_instances", drift_min_instances, 1)
         if not isinstance(dense_prefix, str) or not dense_prefix:
             raise LearnerError(f"dense_prefix must be a non-empty str, got {dense_prefix!r}")
         self.dense_prefix = dense_prefix
@@ -472,7 +454,7 @@ class GBDTLR:
             if len(set(dense_features)) != len(dense_features):
                 raise LearnerError("dense_features has repeated names")
         self.dense_features = None if dense_features is None else tuple(dense_features)
-        self.seed = _check_int("seed", seed, 0)
+        self.seed = check_int("seed", seed, 0)
         self._reset()
 
     # -- construction of the learned state ----------------------------------------------
@@ -656,12 +638,7 @@ class GBDTLR:
         w: Sequence[float] | np.ndarray | None = None,
     ) -> None:
         """Exactly ``learn_one`` on each sample in order (labels and weights checked first)."""
-        ys, ws = batch_labels(y, w, len(batch))
-        for k, (xk, yk, wk) in enumerate(zip(batch, ys.tolist(), ws.tolist(), strict=True)):
-            try:
-                self.learn_one(xk, yk, wk)
-            except LearnerError as e:
-                raise LearnerError(f"sample {k}: {e}") from None
+        learn_each(self, batch, y, w)
 
     # -- refits, adoption, swaps --------------------------------------------------------
 
@@ -816,20 +793,7 @@ class GBDTLR:
             self._launch(*pending)
 
     def _stage(self, d: Mapping[str, Any]) -> dict[str, Any]:
-        missing = [k for k in ("format", "version", "n_learned", "lr", "buf_X") if k not in d]
-        if missing:
-            raise LearnerError(f"state dict lacks {', '.join(missing)}")
-        if d["format"] != _FORMAT:
-            raise LearnerError(f"state dict format is {d['format']!r}, expected {_FORMAT!r}")
-        if d["version"] != _VERSION:
-            raise LearnerError(f"state dict version {d['version']!r} is not supported "
-                               f"(expected {_VERSION})")
-        for name, value in self._hyper().items():
-            if name not in d:
-                raise LearnerError(f"state dict lacks {name}")
-            if d[name] != value:
-                raise LearnerError(f"state dict was learned with {name}={d[name]!r}, "
-                                   f"this learner has {name}={value!r}")
+        check_state(d, _FORMAT, _VERSION, ("n_learned", "lr", "buf_X"), self._hyper())
 
         def count(name: str, low: int = 0) -> int:
             v = d[name]
