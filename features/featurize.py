@@ -152,6 +152,7 @@ class Behaviours:
     lifelong_item: np.ndarray  # int64 (m,) most recent same-category clicks (m <= top-K)
     lifelong_category: np.ndarray  # int64 (m,)
     lifelong_age_s: np.ndarray  # float32 (m,)
+    ts_ms: int  # the impression's event time (a sequence learner's clock, e.g. for ID TTLs)
 
 
 class Features(dict):
@@ -196,14 +197,14 @@ def _name_hashes(interner: Interner, prefix: str) -> _NameHashes:
     return cached
 
 
-def behaviours(joined: JoinedFeatures) -> Behaviours:
+def behaviours(imp: Impression, joined: JoinedFeatures) -> Behaviours:
     """The :class:`Behaviours` of an impression from the joiner's features."""
     items = _name_hashes(joined._joiner.items, "item=")
     categories = _name_hashes(joined._joiner.categories, "category=")
     return Behaviours(items(joined.recent_item), categories(joined.recent_cat),
                       joined.recent_age_s.astype(np.float32),
                       items(joined.topk_item), categories(joined.topk_cat),
-                      joined.topk_age_s.astype(np.float32))
+                      joined.topk_age_s.astype(np.float32), imp.ts)
 
 
 def impression_features(imp: Impression, joined: JoinedFeatures, *,
@@ -220,7 +221,7 @@ def impression_features(imp: Impression, joined: JoinedFeatures, *,
         f"user×category={imp.user_id}|{imp.category_id}": 1.0,
         f"item×position={imp.item_id}|{imp.position}": 1.0,
         f"same_category_clicks={_bucket(len(joined.topk_item))}": 1.0,
-    }, behaviours=behaviours(joined) if with_behaviours else None)
+    }, behaviours=behaviours(imp, joined) if with_behaviours else None)
     for key, value in imp.context.items():
         x[f"ctx.{key}={value}"] = 1.0
         x[f"category×ctx.{key}={imp.category_id}|{value}"] = 1.0

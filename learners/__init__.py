@@ -6,7 +6,7 @@ FTRLProximal(alpha=0.1, beta=1.0, l1=0.0, l2=1.0, n_bits=12)
 >>> make_learner("svm")
 Traceback (most recent call last):
 ...
-learners.base.LearnerError: unknown learner 'svm'; available: ftrl, gbdt_lr
+learners.base.LearnerError: unknown learner 'svm'; available: din, ftrl, gbdt_lr
 >>> make_learner("ftrl", alpah=0.1)
 Traceback (most recent call last):
 ...
@@ -20,15 +20,17 @@ from collections.abc import Callable
 from typing import Any
 
 from learners.base import Learner, LearnerError
+from learners.din import DIN
 from learners.ftrl import FTRLProximal
 from learners.gbdt_lr import GBDTLR
 
-__all__ = ["GBDTLR", "LEARNERS", "FTRLProximal", "Learner", "LearnerError", "make_learner"]
+__all__ = ["DIN", "GBDTLR", "LEARNERS", "FTRLProximal", "Learner", "LearnerError", "make_learner"]
 
 # Name (as used by `--learners ftrl,gbdt_lr,din`) -> factory taking the learner's params.
 LEARNERS: dict[str, Callable[..., Learner]] = {
     "ftrl": FTRLProximal,
     "gbdt_lr": GBDTLR,
+    "din": DIN,
 }
 
 

@@ -21,6 +21,7 @@ publish it to the samples topic).
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -40,6 +41,7 @@ from features.joiner import (
     fnw_weight,
 )
 from learners import Learner
+from learners.base import QueuedScoring
 
 __all__ = ["OnlineEngine", "Outcome", "OutcomeCallback"]
 
@@ -70,6 +72,12 @@ class OnlineEngine:
         if not self.learners:
             raise ValueError("an engine needs at least one learner")
         self.joiner = Joiner(self.joiner_config)
+        # Sequence learners (DIN) read the behaviour sequences; the others never pay for them.
+        if any(getattr(learner, "uses_behaviours", False) for learner in self.learners.values()):
+            self.featurize = functools.partial(self.featurize, with_behaviours=True)
+        # Learners that score in batches get a ticket at impression time (QueuedScoring).
+        self._queued = {name for name, learner in self.learners.items()
+                        if isinstance(learner, QueuedScoring)}
         self._fnw = self.joiner_config.mode == "fnw"
         # Features and scores of each open impression, by the joiner's feature row.
         self._open: dict[int, tuple[dict[str, float], dict[str, float]]] = {}
@@ -121,6 +129,8 @@ class OnlineEngine:
         """The joiner's state and each open impression's scores (learners save their own)."""
         rows = sorted(self._open)
         names = list(self.learners)
+        for row in rows:
+            self._resolve(self._open[row][1])
         return {
             "joiner": self.joiner.state_dict(),
             "learners": np.array(names, dtype=str),
@@ -147,13 +157,27 @@ class OnlineEngine:
         clock = time.perf_counter
         for name, learner in self.learners.items():
             start = clock()
-            scores[name] = learner.predict_proba_one(x)
+            if name in self._queued:
+                scores[name] = _Ticket(learner.queue_predict(x))  # type: ignore[attr-defined]
+            else:
+                scores[name] = learner.predict_proba_one(x)
             self.learner_seconds[name] += clock() - start
         self._open[row] = (x, scores)
+
+    def _resolve(self, scores: dict[str, float]) -> None:
+        """Replace the tickets among ``scores`` by the scores they stand for, in place."""
+        clock = time.perf_counter
+        for name in self._queued:
+            ticket = scores[name]
+            if isinstance(ticket, _Ticket):
+                start = clock()
+                scores[name] = self.learners[name].queued_score(ticket.number)  # type: ignore[attr-defined]
+                self.learner_seconds[name] += clock() - start
 
     def _settle(self, release: Release) -> None:
         if release.kind == FINAL:
             x, scores = self._open.pop(release.row)
+            self._resolve(scores)  # before learning the sample changes the model
             if not self._fnw:
                 self._learn(x, release)
             outcome = Outcome(release, scores)
@@ -188,3 +212,10 @@ class OnlineEngine:
                                          if self._delay_n[kind] else float("nan"))
             for kind in ("first", "positive")
         }
+
+
+@dataclass(frozen=True, slots=True)
+class _Ticket:
+    """A queued score (:class:`learners.base.QueuedScoring`) not read yet."""
+
+    number: int

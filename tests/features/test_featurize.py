@@ -33,6 +33,7 @@ def test_behaviours_are_hashes_of_the_names_the_target_uses_newest_first():
     # The lifelong hard search keeps the impression's category only.
     assert b.lifelong_item.tolist() == hash_names(["item=it1"]).tolist()
     assert b.lifelong_category.tolist() == hash_names(["category=c2"]).tolist()
+    assert b.ts_ms == 5_000
     # The target's own feature name hashes like a behaviour of the same item would.
     assert "item=it3" in x and "category=c2" in x
 

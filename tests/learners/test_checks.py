@@ -18,6 +18,10 @@ PARAMS: dict[str, dict[str, Any]] = {
     "gbdt_lr": {"n_bits": 16, "n_trees": 5, "num_leaves": 8, "min_data_in_leaf": 10,
                 "buffer_size": 400, "min_samples": 100, "refit_every": 150, "adopt_after": 30,
                 "shadow_window": 40, "shadow_max": 80},
+    # Steps of 32 samples, so the checks cross several optimiser steps and a part batch;
+    # rows admitted on the second sighting.
+    "din": {"embedding_dim": 4, "capacity": 256, "batch_size": 32, "attention_hidden": (8,),
+            "mlp_hidden": (16,), "device": "cpu"},
 }
 ALIASES = {"ftrl_sampled": "ftrl"}
 

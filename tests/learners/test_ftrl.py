@@ -481,7 +481,7 @@ def test_make_learner_builds_registered_learners_and_rejects_unknown_names():
     model = make_learner("ftrl", alpha=0.1, n_bits=10)
     assert isinstance(model, FTRLProximal) and isinstance(model, Learner)
     assert (model.alpha, model.n_bits) == (0.1, 10)
-    with pytest.raises(LearnerError, match=r"^unknown learner 'x'; available: ftrl, gbdt_lr$"):
+    with pytest.raises(LearnerError, match=r"^unknown learner 'x'; available: din, ftrl, gbdt_lr$"):
         make_learner("x")
 
 
