@@ -103,11 +103,12 @@ class _Samples:
     context fields, recent items, recent categories, lifelong items, lifelong categories —
     with ``present`` bool of the same shape (False: missing field or padding: row 0, no
     lookup); ``recent_n``, ``lifelong_n`` sequence lengths; ``lifelong_age_s`` float32 (K);
-    ``position`` int64 (-1 missing); ``dense`` float32 (D); ``ts_ms``; ``y``; ``w``.
+    ``position`` int64 (-1 missing); ``dense`` float32 (D); ``ts_ms``; ``y``; ``w``; ``fnw``
+    (the weight is the fake-negative weight of the model's prediction at the step).
     """
 
     FIELDS = ("ids", "present", "recent_n", "lifelong_n", "lifelong_age_s", "position", "dense",
-              "ts_ms", "y", "w")
+              "ts_ms", "y", "w", "fnw")
 
     def __init__(self, size: int, width: int, k: int, d: int) -> None:
         self.ids = np.zeros((size, width), np.int64)
@@ -120,6 +121,7 @@ class _Samples:
         self.ts_ms = np.zeros(size, np.int64)
         self.y = np.zeros(size, np.float32)
         self.w = np.zeros(size, np.float32)
+        self.fnw = np.zeros(size, bool)  # weight from the model's own prediction (FNW)
         self.n = 0
 
     def state(self) -> dict[str, Any]:
@@ -152,7 +154,10 @@ class DIN:
         Samples per optimiser step.
     optimizer, lr, embedding_lr
         ``"adam"`` (sparse Adam for the embedding rows) or ``"adagrad"`` for the embeddings,
-        Adam for the rest; learning rates (``embedding_lr`` None: ``lr``).
+        Adam for the rest; learning rates (``embedding_lr`` None: ``lr``). One pass over a
+        stream leaves few steps (one per batch), so the defaults are larger than the
+        epoch-trained DIN's 1e-3: on 100K synthetic events (90 steps of 1024) AUC 0.507 at
+        1e-3, 0.59 at 1e-2, 0.614 at 3e-3 with embeddings at 0.03.
     l2
         Weight of the mini-batch aware L2 on the embedding rows of each batch.
     recent_length, lifelong_top_k
@@ -191,8 +196,8 @@ class DIN:
         ttl_ms: int | None = 30 * 24 * 3600 * 1000,
         batch_size: int = 1024,
         optimizer: str = "adam",
-        lr: float = 1e-3,
-        embedding_lr: float | None = None,
+        lr: float = 3e-3,
+        embedding_lr: float | None = 0.03,
         l2: float = 1e-6,
         recent_length: int = 50,
         lifelong_top_k: int = 32,
@@ -323,7 +328,8 @@ class DIN:
         dense = sorted(k for k in x if isinstance(k, str) and k.startswith(_DENSE_PREFIX))
         return context, dense
 
-    def _encode(self, x: Any, into: _Samples, y: int = 0, w: float = 1.0) -> None:
+    def _encode(self, x: Any, into: _Samples, y: int = 0, w: float = 1.0,
+                fnw: bool = False) -> None:
         """Write ``x`` as the next sample of ``into`` (validated first: nothing written on
         bad input)."""
         position = self._check(x)
@@ -365,7 +371,7 @@ class DIN:
         get = x.get
         into.dense[row] = [get(name, 0.0) for name in self._dense]
         into.ts_ms[row] = ts
-        into.y[row], into.w[row] = y, w
+        into.y[row], into.w[row], into.fnw[row] = y, w, fnw
         into.n = row + 1
 
     def _rows(self, s: _Samples, learn: bool) -> np.ndarray:
@@ -525,6 +531,16 @@ class DIN:
 
     def learn_one(self, x: dict[str, float], y: int, w: float = 1.0) -> None:
         """Buffer one sample (validated first); a full buffer is one optimiser step."""
+        self._learn(x, y, w, fnw=False)
+
+    def learn_fnw_one(self, x: dict[str, float], y: int) -> None:
+        """Buffer one sample of the ``fnw`` delayed-feedback mode: its weight is the fake
+        negative weight (Ktena et al. 2019, :func:`features.joiner.fnw_weight`) of the
+        model's own prediction, taken (without gradient) from the step's forward pass —
+        the current belief at training time, as in the paper, at no extra pass."""
+        self._learn(x, y, 1.0, fnw=True)
+
+    def _learn(self, x: dict[str, float], y: int, w: float, fnw: bool) -> None:
         if isinstance(y, bool) or y not in (0, 1):
             raise LearnerError(f"label must be 0 or 1, got {y!r}")
         if not good_weight(w):
@@ -534,7 +550,7 @@ class DIN:
             self._build(*self._fields_of(x))
         buffer = self._buffer
         assert buffer is not None
-        self._encode(x, buffer, int(y), float(w))
+        self._encode(x, buffer, int(y), float(w), fnw)
         self.n_learned += 1
         if buffer.n == self.batch_size:
             self._step()
@@ -577,6 +593,10 @@ class DIN:
         self._opt_dense.zero_grad(set_to_none=True)
         with self._autocast():
             logits = net(batch, train_position=True)
+        if buffer.fnw[:buffer.n].any():
+            fnw = torch.from_numpy(buffer.fnw[:buffer.n].copy()).to(self._device)
+            p = torch.sigmoid(logits.detach().float())
+            w = torch.where(fnw, torch.where(y > 0.5, 1.0 + p, (1.0 - p) * (1.0 + p)), w)
         loss = (nn.functional.binary_cross_entropy_with_logits(
             logits.float(), y, reduction="none") * w).mean()
         if self.l2 > 0.0:

@@ -78,6 +78,10 @@ class OnlineEngine:
         # Learners that score in batches get a ticket at impression time (QueuedScoring).
         self._queued = {name for name, learner in self.learners.items()
                         if isinstance(learner, QueuedScoring)}
+        # Learners that weight FNW samples by their own prediction inside their batch step
+        # (``learn_fnw_one``) are spared a forward pass per sample.
+        self._self_weighting = {name for name, learner in self.learners.items()
+                                if callable(getattr(learner, "learn_fnw_one", None))}
         self._fnw = self.joiner_config.mode == "fnw"
         # Features and scores of each open impression, by the joiner's feature row.
         self._open: dict[int, tuple[dict[str, float], dict[str, float]]] = {}
@@ -191,7 +195,9 @@ class OnlineEngine:
         label = release.label
         for name, learner in self.learners.items():
             start = clock()
-            if self._fnw:
+            if self._fnw and name in self._self_weighting:
+                learner.learn_fnw_one(x, label)  # type: ignore[attr-defined]
+            elif self._fnw:
                 # The learner's current belief sets the weight; it is not learned through.
                 learner.learn_one(x, label, fnw_weight(label, learner.predict_proba_one(x)))
             else:

@@ -199,3 +199,28 @@ def test_bad_features_raise_and_change_nothing(x) -> None:
     with pytest.raises(LearnerError):
         model.predict_proba_one(x)
     assert model.stats()["buffered"] == before["buffer"]["y"].size
+
+
+def test_fnw_mode_weights_inside_the_step_without_a_forward_pass_per_sample(tmp_path) -> None:
+    from replay.run import run_replay
+    from replay.synthetic import generate, write_stream
+
+    write_stream(generate(6_000, seed=3), tmp_path / "s")
+    calls = {"single": 0}
+    original = DIN.predict_proba_one
+
+    def counting(self, x):
+        calls["single"] += 1
+        return original(self, x)
+
+    DIN.predict_proba_one = counting
+    try:
+        result = run_replay(tmp_path / "s", ["din"], None, modes=("wait", "fnw"),
+                            learner_params={"din": SMALL}, warmup_ms=0, show_progress=False)
+    finally:
+        DIN.predict_proba_one = original
+    assert calls["single"] == 0  # scores are queued, FNW weights come from the step
+    wait, fnw = result.modes["wait"], result.modes["fnw"]
+    assert wait["learners"]["din"]["samples"] == fnw["learners"]["din"]["samples"] > 4_000
+    assert fnw["freshness"]["first_training_delay_s"] == 0.0
+    assert 0.0 < fnw["learners"]["din"]["auc"] < 1.0
