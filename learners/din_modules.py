@@ -326,12 +326,17 @@ class TargetAttention(nn.Module):
         # padding costs nothing and cannot leak into Dice's statistics. (``nonzero``
         # reads the mask's count back from the device: one small sync per call.)
         owner, slot = mask.nonzero(as_tuple=True)  # (N,), (N,)
-        k = keys[owner, slot]  # (N, E)
+        return self.pool(query, keys[owner, slot], owner)
+
+    def pool(self, query: Tensor, keys: Tensor, owner: Tensor) -> Tensor:
+        """The same on behaviours already packed: keys (N, E) of real behaviours only,
+        owner long (N,) the row of each → (B, E). Lets the caller embed only real
+        behaviours (no padded lookups, no scatter in the backward pass)."""
         q = query[owner]  # (N, E)
-        weight = self.weight_mlp(torch.cat([k, q, k - q, k * q], dim=-1))  # (N, 1)
+        weight = self.weight_mlp(torch.cat([keys, q, keys - q, keys * q], dim=-1))  # (N, 1)
         out = torch.zeros(query.shape[0], keys.shape[-1], dtype=torch.promote_types(
-            weight.dtype, k.dtype), device=keys.device)
-        return out.index_add_(0, owner, weight * k)
+            weight.dtype, keys.dtype), device=keys.device)
+        return out.index_add_(0, owner, weight * keys)
 
 
 class LifelongInterest(nn.Module):
@@ -439,7 +444,10 @@ class DINNetwork(nn.Module):
         n_gap_buckets: number of lifelong time-gap buckets.
         n_position_buckets: P, number of real position buckets.
         position_dropout: probability of dropping a position to "missing" in training.
-        activation: "dice" or "prelu", for both MLPs.
+        activation: "dice" or "prelu", for the output MLP.
+        attention_activation: "dice" or "prelu", for the recent attention's weight MLP
+            (None: as ``activation``). It runs once per behaviour, so Dice's statistics and
+            elementwise chain cost ~5x PReLU's there; the paper allows either.
         use_lifelong: False skips the lifelong branch entirely (no parameters, its batch
             fields unread), for ablations.
     """
@@ -458,6 +466,7 @@ class DINNetwork(nn.Module):
         position_dropout: float = 0.1,
         activation: Activation = "dice",
         use_lifelong: bool = True,
+        attention_activation: Activation | None = None,
     ) -> None:
         super().__init__()
         if n_rows < 1:
@@ -468,7 +477,8 @@ class DINNetwork(nn.Module):
         self.embedding = nn.Embedding(n_rows, embedding_dim)
         self.reset_rows(torch.arange(n_rows))
         width = 2 * embedding_dim
-        self.recent_attention = TargetAttention(width, attention_hidden, activation)
+        self.recent_attention = TargetAttention(width, attention_hidden,
+                                                attention_activation or activation)
         self.lifelong = (
             LifelongInterest(width, n_gap_buckets, lifelong_heads) if use_lifelong else None
         )
@@ -511,12 +521,15 @@ class DINNetwork(nn.Module):
                 f"{self.n_context} and {self.n_dense}"
             )
         target = self._item_category(batch.item, batch.category)  # (B, 2E)
-        recent = self._item_category(batch.recent_item, batch.recent_category)  # (B, L, 2E)
+        # Only real recent behaviours are embedded: (N, 2E) with their rows' numbers.
+        owner, slot = batch.recent_mask.nonzero(as_tuple=True)
+        recent = self._item_category(batch.recent_item[owner, slot],
+                                     batch.recent_category[owner, slot])
         parts = [
             self.embedding(batch.user),  # (B, E)
             target,
             self.embedding(batch.context).flatten(1),  # (B, C·E)
-            self.recent_attention(target, recent, batch.recent_mask),  # (B, 2E)
+            self.recent_attention.pool(target, recent, owner),  # (B, 2E)
         ]
         if self.lifelong is not None:
             lifelong = self._item_category(batch.lifelong_item, batch.lifelong_category)
