@@ -47,6 +47,7 @@ def _load(name: str, path: Path):
 
 
 learners_bench = _load("bench_learners", Path(__file__).parent / "learners.py")
+din_bench = _load("bench_din", Path(__file__).parent / "din.py")
 
 
 def median_time(fn: Callable[[], object], runs: int) -> float:
@@ -152,7 +153,7 @@ def bench_auc(runs: int, n: int) -> list[str]:
     ]
 
 
-SECTIONS = ("generator", "learners", "quality", "replay", "service", "auc", "joiner")
+SECTIONS = ("generator", "learners", "quality", "din", "replay", "service", "auc", "joiner")
 
 
 def _split(lines: list[str]) -> tuple[list[str], dict[str, list[str]]]:
@@ -202,6 +203,7 @@ def main() -> int:
             ("quality", lambda: quality_bench.markdown(
                 quality_bench.measure(list(quality_bench.DEFAULT_LEARNERS), 200_000 // scale),
                 list(quality_bench.DEFAULT_LEARNERS))),
+            ("din", lambda: din_bench.run(runs, quick=args.quick)),
             ("replay", lambda: bench_replay(runs, data, replay_events)),
             ("service", lambda: bench_service(data, replay_events)),
             ("auc", lambda: bench_auc(runs, 10_000_000 // scale)),
