@@ -1,5 +1,6 @@
 """DIN benchmark: our online DIN against DeepCTR-Torch's DIN, in speed and streaming quality.
 
+* **ID table.** Lookups/s of the ID → row table on a long-tailed id stream.
 * **Speed.** Samples/s of the learning path (encode a joined sample, look its IDs up,
   one optimiser step per batch) on CPU at batch 1024 and recent-sequence length 50, for
   our ``DIN`` (with and without the lifelong branch) and DeepCTR-Torch's ``DIN`` given
@@ -224,6 +225,34 @@ def speed(steps: int, runs: int) -> dict[str, float]:
     }
 
 
+def id_lookups(n: int, runs: int) -> dict[str, float]:
+    """IDs/s of the ID table on one core: a Zipf(1.1) stream of 64-bit ids, capacity 1M,
+    admission after 2 sightings, a TTL that expires rows, in batches of 100K (a step's
+    worth of a large batch), from a fresh table each run; then prediction lookups."""
+    from learners.idtable import IDTable
+
+    rng = np.random.default_rng(0)
+    ids = hash_names(f"item={v}" for v in rng.zipf(1.1, n) % 50_000_000)
+    chunk = 100_000
+
+    def learning() -> tuple[float, IDTable]:
+        table = IDTable(1 << 20, admit_after=2, ttl_ms=2_000)
+        start = time.perf_counter()
+        for k in range(0, n, chunk):
+            table.lookup(ids[k:k + chunk], now_ms=k // 1_000, learn=True)
+        return time.perf_counter() - start, table
+
+    learning()  # compile
+    results = [learning() for _ in range(runs)]
+    table = results[-1][1]
+    start = time.perf_counter()
+    for k in range(0, n, chunk):
+        table.lookup(ids[k:k + chunk], now_ms=n // 1_000, learn=False)
+    predict = time.perf_counter() - start
+    return {"learning": n / statistics.median(t for t, _ in results), "prediction": n / predict,
+            "distinct": float(np.unique(ids).size)}
+
+
 # -- quality ---------------------------------------------------------------------------------
 
 
@@ -247,7 +276,7 @@ def quality(synthetic_events: int) -> dict[str, dict[str, dict[str, float]]]:
 
 
 def markdown(rates: dict[str, float], scores: dict[str, dict[str, dict[str, float]]],
-             runs: int) -> list[str]:
+             runs: int, lookups: dict[str, float]) -> list[str]:
     base = rates["DeepCTR-Torch DIN (recent only)"]
     lines = [
         "## DIN: online updater against DeepCTR-Torch (`bench/din.py`)",
@@ -261,6 +290,11 @@ def markdown(rates: dict[str, float], scores: dict[str, dict[str, dict[str, floa
     ]
     lines += [f"| {name} | {rate:,.0f} | {rate / base:.2f} |" for name, rate in rates.items()]
     lines += [
+        "",
+        f"ID table (`learners/idtable.py`) on one core, a Zipf(1.1) stream of "
+        f"{int(lookups['distinct']):,} distinct ids, capacity 1M, admission after 2 "
+        f"sightings, rows expiring: **{lookups['learning'] / 1e6:.1f}M ids/s** learning, "
+        f"{lookups['prediction'] / 1e6:.1f}M ids/s predicting (target ≥ 1M).",
         "",
         "No GPU on this machine: the CUDA path (bf16 autocast, pinned asynchronous copies) is "
         "measured only where one is lent.",
@@ -286,8 +320,9 @@ def run(runs: int, quick: bool = False, events: int = 200_000) -> list[str]:
     """Measure both parts; the markdown section of docs/BENCHMARKS.md."""
     ensure_deepctr()
     rates = speed(2 if quick else 8, runs)
+    lookups = id_lookups(1_000_000 if quick else 10_000_000, runs)
     scores = quality(events // (10 if quick else 1))
-    return markdown(rates, scores, runs)
+    return markdown(rates, scores, runs, lookups)
 
 
 def main() -> int:
