@@ -1,4 +1,5 @@
-"""Small compiled helpers shared by kernels: hash tables, heaps, a cache prefetch.
+"""Small compiled helpers shared by kernels: hash tables, heaps, a cache prefetch,
+counter-based random draws.
 
 Both live in plain arrays, so compiled code reaches them without calls into a
 runtime (numba's typed ``Dict`` costs 150-250 ns per lookup on large tables, these
@@ -27,6 +28,8 @@ __all__ = [
     "ring_pop",
     "ring_push",
     "ring_unrolled",
+    "splitmix_uniform",
+    "splitmix_uniforms",
     "table_from_items",
     "table_get",
     "table_items",
@@ -274,3 +277,26 @@ def prefetch_row(typingctx, array, row):
         return context.get_dummy_value()
 
     return sig, codegen
+
+
+@nb.njit(cache=True, inline="always")
+def splitmix_uniform(seed: int, counter: int) -> float:
+    """SplitMix64 of ``seed + (counter + 1) * golden ratio``, as a float in [0, 1).
+
+    Stateless: draw ``k`` depends on the seed and ``k`` only, so a restored learner (or
+    a ``_one`` call against a ``_many`` call) makes exactly the draws the original would.
+    """
+    z = np.uint64(seed) + np.uint64(counter + 1) * np.uint64(0x9E3779B97F4A7C15)
+    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    z = z ^ (z >> np.uint64(31))
+    return float(z >> np.uint64(11)) * (1.0 / 9007199254740992.0)
+
+
+@nb.njit(cache=True)
+def splitmix_uniforms(seed: int, first: int, n: int) -> np.ndarray:
+    """float64 (n,): :func:`splitmix_uniform` of counters ``first .. first + n - 1``."""
+    out = np.empty(n)
+    for k in range(n):
+        out[k] = splitmix_uniform(seed, first + k)
+    return out

@@ -187,13 +187,15 @@ class _NameHashes:
         return self._hashes[codes]
 
 
-_NAME_HASHES: weakref.WeakKeyDictionary[Interner, _NameHashes] = weakref.WeakKeyDictionary()
+_NAME_HASHES: weakref.WeakKeyDictionary[Interner, dict[str, _NameHashes]] = (
+    weakref.WeakKeyDictionary())
 
 
 def _name_hashes(interner: Interner, prefix: str) -> _NameHashes:
-    cached = _NAME_HASHES.get(interner)
+    by_prefix = _NAME_HASHES.setdefault(interner, {})
+    cached = by_prefix.get(prefix)
     if cached is None:
-        cached = _NAME_HASHES[interner] = _NameHashes(interner, prefix)
+        cached = by_prefix[prefix] = _NameHashes(interner, prefix)
     return cached
 
 

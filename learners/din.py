@@ -49,9 +49,10 @@ from typing import Any
 
 import numpy as np
 import torch
-import xxhash
 from torch import nn
 
+from features.compiled import splitmix_uniforms
+from features.hashing import hash_names
 from learners.base import (
     LearnerError,
     check_float,
@@ -65,35 +66,16 @@ from learners.idtable import IDTable
 
 __all__ = ["DIN"]
 
-_xxh3 = xxhash.xxh3_64_intdigest
 _FORMAT = "streamctr.learners.din"
 _VERSION = 1
 _DENSE_PREFIX = "num."
 _CTX_PREFIX = "ctx."
-_TARGET = ("user=", "item=", "category=")
+_TARGET = ("user", "item", "category")
 _INT_HYPER = ("embedding_dim", "capacity", "admit_after", "batch_size", "recent_length",
               "lifelong_top_k", "lifelong_heads", "n_gap_buckets", "n_position_buckets", "seed")
 _FLOAT_HYPER = ("lr", "embedding_lr", "l2", "position_dropout")
 _STR_HYPER = ("optimizer", "activation", "attention_activation")
 _BOOL_HYPER = ("use_lifelong",)
-
-
-def _name_hash(name: str) -> int:
-    """:func:`features.hashing.hash_names` of one name: XXH3-64 as a signed int64."""
-    h = _xxh3(name.encode("utf-8"))
-    return h - (1 << 64) if h >= 1 << 63 else h
-
-
-def _uniform(seed: int, counters: np.ndarray) -> np.ndarray:
-    """SplitMix64 of ``seed`` and each counter, as floats in [0, 1): stateless draws, so a
-    restored learner draws what the original would have."""
-    with np.errstate(over="ignore"):
-        z = np.uint64(seed) + (counters.astype(np.uint64) + np.uint64(1)) * np.uint64(
-            0x9E3779B97F4A7C15)
-        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-        z = z ^ (z >> np.uint64(31))
-    return (z >> np.uint64(11)).astype(np.float64) * (1.0 / 9007199254740992.0)
 
 
 class _Samples:
@@ -291,7 +273,6 @@ class DIN:
         self._queue_tickets: list[int] = []
         self._scored: dict[int, float] = {}
         self._next_ticket = 0
-        self.last_loss = math.nan
 
     def _build(self, context: list[str], dense: list[str]) -> None:
         """Network, optimisers and buffers for these context fields and dense names."""
@@ -301,8 +282,7 @@ class DIN:
             net = DINNetwork(
                 self.capacity + 1, self.embedding_dim, len(context), len(dense),
                 self.attention_hidden, self.mlp_hidden, self.lifelong_heads, self.n_gap_buckets,
-                self.n_position_buckets, position_dropout=0.0,  # dropped here, seeded
-                activation=self.activation, use_lifelong=self.use_lifelong,
+                self.n_position_buckets, activation=self.activation, use_lifelong=self.use_lifelong,
                 attention_activation=self.attention_activation)
         net.embedding.sparse = True  # sparse gradients: a step touches only the batch's rows
         self._net = net.to(self._device)
@@ -331,33 +311,21 @@ class DIN:
 
     # -- encoding -----------------------------------------------------------------------
 
-    def _fields_of(self, x: Mapping[str, Any]) -> tuple[list[str], list[str]]:
-        context = sorted({k.partition("=")[0] for k in x if isinstance(k, str)
-                          and k.startswith(_CTX_PREFIX) and "=" in k})
-        dense = sorted(k for k in x if isinstance(k, str) and k.startswith(_DENSE_PREFIX))
-        return context, dense
-
     def _encode(self, x: Any, into: _Samples, y: int = 0, w: float = 1.0,
                 fnw: bool = False) -> None:
         """Write ``x`` as the next sample of ``into`` (validated first: nothing written on
         bad input)."""
-        position = self._check(x)
+        position, names = self._check(x)
         assert self._context is not None and self._dense is not None
-        names: dict[str, str] = {}
-        for k, v in x.items():
-            field, eq, _ = k.partition("=")
-            if eq and v != 0.0:
-                names[field] = k
         L, K = self.recent_length, self.lifelong_top_k
         row = into.n
         ids, present = into.ids[row], into.present[row]
         ids[:] = 0
         present[:] = False
-        head = [names.get(f.rstrip("=")) for f in _TARGET] + [names.get(c) for c in self._context]
-        for j, name in enumerate(head):
-            if name is not None:
-                ids[j] = _name_hash(name)
-                present[j] = True
+        head = [names.get(f) for f in _TARGET] + [names.get(c) for c in self._context]
+        have = [j for j, name in enumerate(head) if name is not None]
+        ids[have] = hash_names(head[j] for j in have)
+        present[have] = True
         at = len(head)
         b = getattr(x, "behaviours", None)
         n_recent = n_life = 0
@@ -399,24 +367,19 @@ class DIN:
         padding anyway; the lifelong one is a masked softmax over K slots)."""
         assert self._context is not None
         n, L, K = s.n, self.recent_length, self.lifelong_top_k
-        c = len(self._context)
-        at = 3 + c
-        lr, lk = L, K
-        steps = np.arange(max(lr, lk))
-        recent_mask = steps[:lr] < s.recent_n[:n, None]
-        life_mask = steps[:lk] < s.lifelong_n[:n, None]
+        at = 3 + len(self._context)
         life = at + 2 * L
         tensors = {
             "user": rows[:, 0], "item": rows[:, 1], "category": rows[:, 2],
             "context": rows[:, 3:at],
             "position": positions,
-            "recent_item": rows[:, at:at + lr], "recent_category": rows[:, at + L:at + L + lr],
-            "recent_mask": recent_mask,
-            "lifelong_item": rows[:, life:life + lk],
-            "lifelong_category": rows[:, life + K:life + K + lk],
-            "lifelong_gap": time_gap_buckets(torch.from_numpy(s.lifelong_age_s[:n, :lk]),
+            "recent_item": rows[:, at:at + L], "recent_category": rows[:, at + L:life],
+            "recent_mask": np.arange(L) < s.recent_n[:n, None],
+            "lifelong_item": rows[:, life:life + K],
+            "lifelong_category": rows[:, life + K:life + 2 * K],
+            "lifelong_gap": time_gap_buckets(torch.from_numpy(s.lifelong_age_s[:n]),
                                              self.n_gap_buckets).numpy(),
-            "lifelong_mask": life_mask,
+            "lifelong_mask": np.arange(K) < s.lifelong_n[:n, None],
             "dense": s.dense[:n],
         }
         batch = DINBatch(**{k: torch.from_numpy(np.ascontiguousarray(v))
@@ -478,22 +441,30 @@ class DIN:
         return out
 
     @staticmethod
-    def _check(x: Any) -> int:
-        """Validate a feature dict; its position (-1 when it has none)."""
+    def _check(x: Any) -> tuple[int, dict[str, str]]:
+        """Validate a feature dict, in the one pass over it that also reads it: its position
+        (-1 when it has none) and, per field of its ``field=value`` names with a non-zero
+        value, that name."""
         if not isinstance(x, Mapping):
             raise LearnerError(f"features must be a dict, got {type(x).__name__}")
         position = -1
+        names: dict[str, str] = {}
         for k, v in x.items():
             if not isinstance(k, str):
                 raise LearnerError(f"feature names must be str, got {k!r}")
             if isinstance(v, bool) or not isinstance(v, numbers.Real) or not math.isfinite(v):
                 raise LearnerError(f"feature {k!r} has a non-finite or non-numeric value {v!r}")
-            if k.startswith("position="):
+            field, eq, value = k.partition("=")
+            if not eq:
+                continue
+            if field == "position":
                 try:
-                    position = int(k[len("position="):])
+                    position = int(value)
                 except ValueError:
                     raise LearnerError(f"feature {k!r}: the position is not an int") from None
-        return position
+            elif v != 0.0:
+                names[field] = k
+        return position, names
 
     # QueuedScoring: the engine's way of scoring impressions in batches.
 
@@ -554,9 +525,10 @@ class DIN:
             raise LearnerError(f"label must be 0 or 1, got {y!r}")
         if not good_weight(w):
             raise LearnerError(f"sample weight must be finite and >= 0, got {w!r}")
-        if self._net is None:
-            self._check(x)
-            self._build(*self._fields_of(x))
+        if self._net is None:  # the first sample fixes the context fields and dense names
+            _, names = self._check(x)
+            self._build(sorted(f for f in names if f.startswith(_CTX_PREFIX)),
+                        sorted(k for k in x if k.startswith(_DENSE_PREFIX)))
         buffer = self._buffer
         assert buffer is not None
         self._encode(x, buffer, int(y), float(w), fnw)
@@ -583,7 +555,7 @@ class DIN:
         if fresh.size:
             self._reinitialise(torch.from_numpy(fresh))
         first = self.n_learned - buffer.n  # sample counter of the buffer's first sample
-        drop = _uniform(self.seed, np.arange(first, self.n_learned)) < self.position_dropout
+        drop = splitmix_uniforms(self.seed, first, buffer.n) < self.position_dropout
         positions = np.where(drop, -1, buffer.position[:buffer.n])
         buckets = position_buckets(torch.from_numpy(positions), self.n_position_buckets)
         batch = self._batch(buffer, rows, buckets.numpy())
@@ -613,7 +585,6 @@ class DIN:
         loss.backward()
         self._opt_embedding.step()
         self._opt_dense.step()
-        self.last_loss = float(loss.detach()) if self._device.type == "cpu" else math.nan
         self.n_steps += 1
         buffer.n = 0
 
@@ -708,10 +679,8 @@ class DIN:
         self._generator.set_state(torch.from_numpy(np.asarray(d["generator"], np.uint8)))
         if not d["built"]:
             return
-        self._build([str(c) for c in np.atleast_1d(d["context"]).tolist()] if
-                    np.asarray(d["context"]).size else [],
-                    [str(c) for c in np.atleast_1d(d["dense"]).tolist()] if
-                    np.asarray(d["dense"]).size else [])
+        self._build(*([str(c) for c in np.asarray(d[k]).reshape(-1).tolist()]
+                      for k in ("context", "dense")))
         assert self._net is not None and self._buffer is not None
         own = self._net.state_dict()
         tensors = {k.replace(":", "."): torch.from_numpy(np.asarray(v))

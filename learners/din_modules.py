@@ -392,31 +392,24 @@ class PositionBiasTower(nn.Module):
     Added to the main logit in training only, so the main tower learns the click propensity
     free of the position the item happened to be shown at; predictions leave it out. Bucket 0
     (missing) is the reference level, fixed at exactly 0 (``padding_idx``), so "no tower" and
-    "position missing" are the same prediction. In training, each position is dropped to the
-    missing bucket with probability ``dropout`` (Zhao et al.'s position dropout), which keeps
-    the main tower calibrated for impressions whose position is unknown. All offsets start
-    at 0.
+    "position missing" are the same prediction. Zhao et al.'s position dropout (some training
+    positions replaced by the missing bucket) is the caller's: the learner draws it from its
+    own seeded, restorable counter, so a restored learner drops what the original would
+    have. All offsets start at 0.
 
     Args:
         n_buckets: P, number of real position buckets (positions 0..P-1, see
             :func:`position_buckets`).
-        dropout: probability of replacing a position by the missing bucket in training.
 
     Shapes: position long (B,) with values in ``0..P`` → (B,) logit offsets.
     """
 
-    def __init__(self, n_buckets: int = 32, dropout: float = 0.1) -> None:
+    def __init__(self, n_buckets: int = 32) -> None:
         super().__init__()
-        if not 0.0 <= dropout <= 1.0:
-            raise ValueError(f"position dropout must be in [0, 1], got {dropout}")
-        self.dropout = dropout
         self.bias = nn.Embedding(n_buckets + 1, 1, padding_idx=0)
         nn.init.zeros_(self.bias.weight)
 
     def forward(self, position: Tensor) -> Tensor:
-        if self.training and self.dropout > 0.0:
-            dropped = torch.rand(position.shape, device=position.device) < self.dropout
-            position = position.masked_fill(dropped, 0)
         return self.bias(position).squeeze(-1)
 
 
@@ -443,7 +436,6 @@ class DINNetwork(nn.Module):
         lifelong_heads: heads of the lifelong attention (must divide 2E).
         n_gap_buckets: number of lifelong time-gap buckets.
         n_position_buckets: P, number of real position buckets.
-        position_dropout: probability of dropping a position to "missing" in training.
         activation: "dice" or "prelu", for the output MLP.
         attention_activation: "dice" or "prelu", for the recent attention's weight MLP
             (None: as ``activation``). It runs once per behaviour, so Dice's statistics and
@@ -463,7 +455,6 @@ class DINNetwork(nn.Module):
         lifelong_heads: int = 2,
         n_gap_buckets: int = 16,
         n_position_buckets: int = 32,
-        position_dropout: float = 0.1,
         activation: Activation = "dice",
         use_lifelong: bool = True,
         attention_activation: Activation | None = None,
@@ -485,7 +476,7 @@ class DINNetwork(nn.Module):
         n_interests = 3 if use_lifelong else 2
         mlp_in = embedding_dim + n_interests * width + n_context * embedding_dim + n_dense
         self.output_mlp = MLP(mlp_in, mlp_hidden, 1, activation)
-        self.position_tower = PositionBiasTower(n_position_buckets, position_dropout)
+        self.position_tower = PositionBiasTower(n_position_buckets)
 
     def reset_rows(self, rows: Tensor, generator: torch.Generator | None = None) -> None:
         """Re-initialise embedding ``rows`` (long, any shape) to fresh draws of the

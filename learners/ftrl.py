@@ -58,7 +58,7 @@ import numpy as np
 import polars as pl
 import xxhash
 
-from features.compiled import prefetch_row
+from features.compiled import prefetch_row, splitmix_uniform
 from features.hashing import MAX_BITS, SparseBatch, batch_from_dicts, batch_from_frame, cross_names
 from learners.base import LearnerError, batch_labels, check_state, good_weight
 
@@ -83,16 +83,6 @@ Batch = Sequence[Mapping[str, float]] | pl.DataFrame | SparseBatch
 
 
 # -- the compiled kernel ----------------------------------------------------------------
-
-
-@nb.njit(cache=True, inline="always")
-def _uniform(seed: int, counter: int) -> float:
-    """SplitMix64 of ``seed + counter``, as a float in [0, 1)."""
-    z = np.uint64(seed) + np.uint64(counter + 1) * np.uint64(0x9E3779B97F4A7C15)
-    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-    z = z ^ (z >> np.uint64(31))
-    return float(z >> np.uint64(11)) * (1.0 / 9007199254740992.0)
 
 
 @nb.njit(cache=True, inline="always")
@@ -138,7 +128,7 @@ def _run(table, mask, indptr, hashes, values, y, sw, hyper, seed, counts, scores
             continue
         if y[r] == 0 and rate < 1.0:
             counts[_DRAWS] += 1
-            if _uniform(seed, counts[_DRAWS]) >= rate:
+            if splitmix_uniform(seed, counts[_DRAWS]) >= rate:
                 counts[_SKIPPED] += 1
                 continue
         # river.optim.losses.Log.gradient (unit class weights), branches included.
@@ -159,7 +149,7 @@ def _run(table, mask, indptr, hashes, values, y, sw, hyper, seed, counts, scores
             zi, ni, sqrt_ni = table[i, _Z], table[i, _N], table[i, _SQRT_N]
             if inclusion_p < 1.0 and ni == 0.0 and zi == 0.0:
                 counts[_DRAWS] += 1
-                if _uniform(seed, counts[_DRAWS]) >= inclusion_p:
+                if splitmix_uniform(seed, counts[_DRAWS]) >= inclusion_p:
                     continue  # not in the model yet: this sighting leaves no state
             if abs(zi) > l1:
                 # The FTRL-Proximal closed form, written as river writes it.

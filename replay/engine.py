@@ -181,7 +181,7 @@ class OnlineEngine:
     def _settle(self, release: Release) -> None:
         if release.kind == FINAL:
             x, scores = self._open.pop(release.row)
-            self._resolve(scores)  # before learning the sample changes the model
+            self._resolve(scores)  # the outcome carries scores, not tickets
             if not self._fnw:
                 self._learn(x, release)
             outcome = Outcome(release, scores)

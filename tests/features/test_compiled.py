@@ -87,3 +87,14 @@ def test_prefetch_row_is_only_a_hint_and_changes_nothing():
     table = np.arange(12.0).reshape(4, 3)
     assert touch_then_sum(table, np.array([3, 0, 2])) == 66.0
     assert table.tolist() == np.arange(12.0).reshape(4, 3).tolist()
+
+
+def test_splitmix_draws_are_stateless_uniform_and_shared_by_scalar_and_batch_forms():
+    from features.compiled import splitmix_uniform, splitmix_uniforms
+
+    batch = splitmix_uniforms(7, 1_000, 50_000)
+    assert batch[:5].tolist() == [splitmix_uniform(7, 1_000 + k) for k in range(5)]
+    assert splitmix_uniforms(7, 1_003, 2).tolist() == batch[3:5].tolist()  # by counter only
+    assert batch.min() >= 0.0 and batch.max() < 1.0
+    assert abs(batch.mean() - 0.5) < 0.01 and abs((batch < 0.1).mean() - 0.1) < 0.01
+    assert splitmix_uniforms(8, 1_000, 5).tolist() != batch[:5].tolist()

@@ -224,3 +224,26 @@ def test_fnw_mode_weights_inside_the_step_without_a_forward_pass_per_sample(tmp_
     assert wait["learners"]["din"]["samples"] == fnw["learners"]["din"]["samples"] > 4_000
     assert fnw["freshness"]["first_training_delay_s"] == 0.0
     assert 0.0 < fnw["learners"]["din"]["auc"] < 1.0
+
+
+def test_position_dropout_sends_a_tenth_of_training_positions_to_missing_seeded() -> None:
+    seen: dict[int, list[torch.Tensor]] = {0: [], 1: []}
+    for run in (0, 1):
+        model = DIN(**{**SMALL, "batch_size": 4_000})
+        x = sample(1, 2, 3, [], [], ts=0, position=5)
+        model.learn_one(x, 1)  # builds the network: spy on its training passes
+        forward = model._net.forward
+
+        def spy(batch, train_position, forward=forward, run=run):
+            if train_position:
+                seen[run].append(batch.position.clone())
+            return forward(batch, train_position)
+
+        model._net.forward = spy
+        for k in range(39_999):
+            model.learn_one(x, k % 2)
+    positions = torch.cat(seen[0])
+    assert positions.numel() == 40_000 and set(positions.unique().tolist()) == {0, 6}
+    dropped = (positions == 0).float().mean().item()
+    assert abs(dropped - 0.1) < 0.01  # ~6.7 standard deviations of the binomial rate
+    assert torch.equal(positions, torch.cat(seen[1]))  # the same draws in a second run

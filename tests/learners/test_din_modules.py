@@ -14,7 +14,6 @@ from learners.din_modules import (
     DINBatch,
     DINNetwork,
     LifelongInterest,
-    PositionBiasTower,
     TargetAttention,
     position_buckets,
     time_gap_buckets,
@@ -160,7 +159,7 @@ def test_lifelong_branch_off_ignores_lifelong_inputs() -> None:
 
 
 def test_position_tower_adds_nothing_at_prediction() -> None:
-    net = small_net(position_dropout=0.0)
+    net = small_net()
     with torch.no_grad():
         net.position_tower.bias.weight[1:] = torch.randn(32, 1)
     batch = make_batch()
@@ -175,19 +174,6 @@ def test_position_tower_adds_nothing_at_prediction() -> None:
     with_tower = net(batch, train_position=True)
     expected = net.position_tower.bias.weight[batch.position, 0]
     torch.testing.assert_close(with_tower - without, expected)
-
-
-def test_position_dropout_uses_missing_bucket_in_training() -> None:
-    tower = PositionBiasTower(n_buckets=8, dropout=0.1)
-    with torch.no_grad():
-        tower.bias.weight[1:] = 1.0
-    assert tower.bias.weight[0].item() == 0.0
-    position = torch.full((40_000,), 5, dtype=torch.long)
-    out = tower(position)
-    assert set(out.unique().tolist()) == {0.0, 1.0}
-    dropped = (out == 0).float().mean().item()
-    assert abs(dropped - 0.1) < 0.01  # ~6.7 standard deviations of the binomial rate
-    assert torch.equal(tower.eval()(position), torch.ones(40_000))
 
 
 def test_position_and_time_gap_buckets() -> None:
