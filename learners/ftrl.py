@@ -475,13 +475,19 @@ class FTRLProximal:
         Sample weight ``w`` is not the same as repeating the sample ``w`` times: FTRL's
         per-coordinate rates depend on the sum of *squared* gradients.
         """
+        self.predict_learn_one(x, y, w)
+
+    def predict_learn_one(self, x: Mapping[str, float], y: int, w: float = 1.0) -> float:
+        """:meth:`learn_one`, returning the probability of ``x`` just before the step (what
+        :meth:`predict_proba_one` said), at the cost of the step alone."""
         if isinstance(y, bool) or y not in (0, 1):
             raise LearnerError(f"label must be 0 or 1, got {y!r}")
         if not good_weight(w):
             raise LearnerError(f"sample weight must be finite and >= 0, got {w!r}")
         indptr, hashes, values = self._row(x)
         try:
-            self._call(indptr, hashes, values, _LABEL[y], np.array([float(w)]), True)
+            return float(self._call(indptr, hashes, values, _LABEL[y], np.array([float(w)]),
+                                    True)[0])
         except LearnerError:
             raise _bad_values(x) from None
 

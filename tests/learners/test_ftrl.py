@@ -276,6 +276,19 @@ def test_learn_many_equals_sequential_learn_one(stream):
     assert_same_state(one.state_dict(), many.state_dict())
 
 
+def test_predict_learn_one_returns_the_score_before_its_step_and_steps_as_learn_one(stream):
+    xs, ys, ws = stream
+    learned = FTRLProximal(alpha=0.1, l1=0.1, n_bits=18)
+    scored = FTRLProximal(alpha=0.1, l1=0.1, n_bits=18)
+    for x, y, w in zip(xs[:500], ys[:500], ws[:500], strict=True):
+        before = scored.predict_proba_one(x)
+        assert scored.predict_learn_one(x, y, w) == before
+        learned.learn_one(x, y, w)
+    assert_same_state(learned.state_dict(), scored.state_dict())
+    with pytest.raises(LearnerError, match="label"):
+        scored.predict_learn_one(xs[0], 2)
+
+
 def test_predict_proba_many_equals_predict_proba_one_and_changes_nothing(stream):
     xs, ys, _ = stream
     model = FTRLProximal(n_bits=18)
