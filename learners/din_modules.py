@@ -47,8 +47,8 @@ torch.Size([2])
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
-from dataclasses import dataclass, fields
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, fields, replace
 from typing import Literal
 
 import torch
@@ -134,6 +134,15 @@ class DINBatch:
             :func:`time_gap_buckets`.
         lifelong_mask: bool (B, K).
         dense: float (B, D) — dense numeric features, already scaled by the learner.
+        recent_owner, recent_slot: long (N,) or None — the ``(row, slot)`` of each real
+            recent behaviour, i.e. ``recent_mask.nonzero(as_tuple=True)``.
+        l2_rows, l2_counts: long (R,) or None — the distinct embedding rows the batch reads
+            (row 0 excluded) and their occurrences, for :meth:`DINNetwork.minibatch_l2`.
+
+    The last four are an index of data-dependent size. Left None, the network computes it
+    from the masks, which on a GPU reads sizes back to the host (a synchronisation per
+    batch); :meth:`with_host_index` computes it where the batch is built, on the host, so
+    the device never waits for it.
     """
 
     user: Tensor
@@ -149,6 +158,10 @@ class DINBatch:
     lifelong_gap: Tensor
     lifelong_mask: Tensor
     dense: Tensor
+    recent_owner: Tensor | None = None
+    recent_slot: Tensor | None = None
+    l2_rows: Tensor | None = None
+    l2_counts: Tensor | None = None
 
     def __post_init__(self) -> None:
         """Check shapes and dtypes (metadata only: no device work, no synchronisation)."""
@@ -164,19 +177,55 @@ class DINBatch:
         _check(self, "dense", (b, self.dense.shape[-1]), None)
         if not self.dense.is_floating_point():
             raise ValueError(f"DINBatch.dense must be floating point, got {self.dense.dtype}")
+        for pair in (("recent_owner", "recent_slot"), ("l2_rows", "l2_counts")):
+            given = [getattr(self, name) is not None for name in pair]
+            if any(given) and not all(given):
+                raise ValueError(f"DINBatch.{pair[0]} and {pair[1]} go together")
+            if all(given):
+                n = getattr(self, pair[0]).shape[0]
+                for name in pair:
+                    _check(self, name, (n,), torch.int64)
+
+    def with_host_index(self, lifelong: bool = True) -> DINBatch:
+        """The same batch with its index computed here (call it on host tensors, before
+        the copy to the device); ``lifelong``: whether the network reads the lifelong
+        behaviours (its ``use_lifelong``), so that their rows are regularised too."""
+        owner, slot = self.recent_mask.nonzero(as_tuple=True)
+        rows, counts = _distinct_rows(self, lifelong)
+        return replace(self, recent_owner=owner, recent_slot=slot, l2_rows=rows,
+                       l2_counts=counts)
 
     def to(self, device: torch.device | str, non_blocking: bool = True) -> DINBatch:
         """The same batch on ``device`` (asynchronous from pinned memory by default)."""
-        return DINBatch(
-            **{
-                f.name: getattr(self, f.name).to(device, non_blocking=non_blocking)
-                for f in fields(self)
-            }
-        )
+        return self._map(lambda t: t.to(device, non_blocking=non_blocking))
 
     def pin_memory(self) -> DINBatch:
         """The same batch in page-locked host memory (needs CUDA), for fast ``to(cuda)``."""
-        return DINBatch(**{f.name: getattr(self, f.name).pin_memory() for f in fields(self)})
+        return self._map(Tensor.pin_memory)
+
+    def _map(self, f: Callable[[Tensor], Tensor]) -> DINBatch:
+        return DINBatch(**{field.name: None if (t := getattr(self, field.name)) is None
+                           else f(t) for field in fields(self)})
+
+
+def _distinct_rows(batch: DINBatch, lifelong: bool) -> tuple[Tensor, Tensor]:
+    """Distinct embedding rows a forward pass reads (real behaviours only, the lifelong ones
+    if ``lifelong``, row 0 excluded) and their occurrences: long (R,), long (R,)."""
+    ids = [
+        batch.user,
+        batch.item,
+        batch.category,
+        batch.context.reshape(-1),
+        batch.recent_item[batch.recent_mask],
+        batch.recent_category[batch.recent_mask],
+    ]
+    if lifelong:
+        ids += [
+            batch.lifelong_item[batch.lifelong_mask],
+            batch.lifelong_category[batch.lifelong_mask],
+        ]
+    all_ids = torch.cat(ids)
+    return torch.unique(all_ids[all_ids != 0], return_counts=True)
 
 
 def _check(batch: DINBatch, name: str, shape: tuple[int, ...], dtype: torch.dtype | None) -> None:
@@ -513,7 +562,10 @@ class DINNetwork(nn.Module):
             )
         target = self._item_category(batch.item, batch.category)  # (B, 2E)
         # Only real recent behaviours are embedded: (N, 2E) with their rows' numbers.
-        owner, slot = batch.recent_mask.nonzero(as_tuple=True)
+        if batch.recent_owner is None:
+            owner, slot = batch.recent_mask.nonzero(as_tuple=True)
+        else:
+            owner, slot = batch.recent_owner, batch.recent_slot
         recent = self._item_category(batch.recent_item[owner, slot],
                                      batch.recent_category[owner, slot])
         parts = [
@@ -546,23 +598,16 @@ class DINNetwork(nn.Module):
         Row 0 (the shared default row) is **excluded**: it is trained by every unknown ID,
         so it cannot overfit one of them, and its penalty would otherwise depend on how
         many IDs are not yet admitted. The learner multiplies the result by its lambda.
-        Synchronises with the host (boolean indexing and ``torch.unique``).
+        The rows come from the batch's index (:meth:`DINBatch.with_host_index`) when it has
+        one; else they are computed here (on a GPU, boolean indexing and ``torch.unique``
+        synchronise with the host).
         """
-        ids = [
-            batch.user,
-            batch.item,
-            batch.category,
-            batch.context.reshape(-1),
-            batch.recent_item[batch.recent_mask],
-            batch.recent_category[batch.recent_mask],
-        ]
-        if self.lifelong is not None:
-            ids += [
-                batch.lifelong_item[batch.lifelong_mask],
-                batch.lifelong_category[batch.lifelong_mask],
-            ]
-        all_ids = torch.cat(ids).to(self.embedding.weight.device)
-        rows, in_batch = torch.unique(all_ids[all_ids != 0], return_counts=True)
+        if batch.l2_rows is None:
+            rows, in_batch = _distinct_rows(batch, self.lifelong is not None)
+        else:
+            rows, in_batch = batch.l2_rows, batch.l2_counts
+        device = self.embedding.weight.device
+        rows, in_batch = rows.to(device), in_batch.to(device)
         n = in_batch if counts is None else counts.to(rows.device)[rows]
         # Through the embedding (not weight[rows]), so a sparse embedding gets a sparse
         # gradient from the penalty too.

@@ -247,3 +247,51 @@ def test_position_dropout_sends_a_tenth_of_training_positions_to_missing_seeded(
     dropped = (positions == 0).float().mean().item()
     assert abs(dropped - 0.1) < 0.01  # ~6.7 standard deviations of the binomial rate
     assert torch.equal(positions, torch.cat(seen[1]))  # the same draws in a second run
+
+
+def test_the_wide_part_is_the_ftrl_learner_until_the_first_step() -> None:
+    # The network's output layer starts at zero: before a step, scores are exactly the wide
+    # part's, an FTRL learner fed the same samples, scoring without the position names
+    # (or with them, with serve_position).
+    from learners import FTRLProximal
+    from learners.din import _without_position
+
+    xs = [sample(k % 7, k % 11, k % 3, [(1, 1)], [], ts=k, position=k % 4) for k in range(40)]
+    ys = [int(k % 3 == 0) for k in range(40)]
+    ftrl = FTRLProximal()
+    _train(ftrl, xs, ys)
+    for serve_position in (False, True):
+        model = DIN(**SMALL, position_dropout=0.0, serve_position=serve_position)
+        _train(model, xs, ys)
+        assert model.stats()["steps"] == 0
+        for x in xs[:10]:
+            wide = ftrl.predict_proba_one(x if serve_position else _without_position(x))
+            assert model.predict_proba_one(x) == pytest.approx(wide, abs=1e-12)
+    assert _without_position(xs[5]).keys() == xs[5].keys() - {"position=1"}
+
+
+def test_the_position_moves_the_score_only_with_serve_position() -> None:
+    rng = np.random.default_rng(0)
+    xs = [sample(int(u), int(i), int(i) % 4, [], [], ts=k, position=int(p))
+          for k, (u, i, p) in enumerate(rng.integers(0, 8, (640, 3)))]
+    ys = [int("position=0" in x) for x in xs]  # clicks at the top position only
+    for serve_position in (False, True):
+        model = DIN(**SMALL, serve_position=serve_position)
+        _train(model, xs, ys)
+        top, low = (sample(1, 2, 2, [], [], ts=700, position=p) for p in (0, 5))
+        gap = model.predict_proba_one(top) - model.predict_proba_one(low)
+        assert gap > 0.05 if serve_position else gap == 0.0
+
+
+def test_an_id_without_a_row_trains_the_default_row_in_the_step_that_admits_it() -> None:
+    # Predictions before the step served the new ID the default row: so does its training,
+    # once; its own row learns from the next step on.
+    model = DIN(**{**SMALL, "batch_size": 4}, admit_after=1, wide=False)
+    xs = [sample(1, 2, 3, [], [], ts=k) for k in range(4)]
+    _train(model, xs, [1, 0, 1, 0])
+    row = int(model.ids.lookup(hash_names(["user=u1"]), 10, learn=False)[0])
+    assert row > 0
+    moment = model._opt_embedding.state[model._net.embedding.weight]["exp_avg"]
+    assert moment[row].abs().sum() == 0 and moment[0].abs().sum() > 0
+    _train(model, xs, [1, 0, 1, 0])
+    assert moment[row].abs().sum() > 0

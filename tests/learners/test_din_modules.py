@@ -298,8 +298,32 @@ def test_batch_checks_shapes_and_dtypes() -> None:
         small_net(n_context=3)(batch, False)
 
 
-def test_batch_to_and_pin_memory() -> None:
+def test_a_host_index_gives_the_same_logits_and_penalty_as_the_masks() -> None:
+    net = small_net().eval()
     batch = make_batch()
+    indexed = batch.with_host_index()
+    owner, slot = batch.recent_mask.nonzero(as_tuple=True)
+    assert torch.equal(indexed.recent_owner, owner) and torch.equal(indexed.recent_slot, slot)
+    assert 0 not in indexed.l2_rows.tolist()
+    assert torch.equal(net(indexed, False), net(batch, False))
+    assert torch.equal(net.minibatch_l2(indexed), net.minibatch_l2(batch))
+    # Without the lifelong branch its rows are neither read nor regularised.
+    off = small_net(use_lifelong=False)
+    assert torch.equal(off.minibatch_l2(batch.with_host_index(lifelong=False)),
+                       off.minibatch_l2(batch))
+    assert indexed.l2_rows.numel() > batch.with_host_index(lifelong=False).l2_rows.numel()
+
+
+def test_a_half_given_or_misshaped_host_index_is_refused() -> None:
+    indexed = make_batch().with_host_index()
+    with pytest.raises(ValueError, match="go together"):
+        dataclasses.replace(indexed, recent_slot=None)
+    with pytest.raises(ValueError, match="l2_counts"):
+        dataclasses.replace(indexed, l2_counts=indexed.l2_counts[:-1])
+
+
+def test_batch_to_and_pin_memory() -> None:
+    batch = make_batch().with_host_index()
     moved = batch.to("cpu")
     for field in dataclasses.fields(DINBatch):
         assert torch.equal(getattr(moved, field.name), getattr(batch, field.name))
