@@ -91,7 +91,7 @@ from learners.idtable import IDTable
 __all__ = ["DIN"]
 
 _FORMAT = "streamctr.learners.din"
-_VERSION = 1
+_VERSION = 2  # 2: the wide part, and the wide logit of buffered samples
 _DENSE_PREFIX = "num."
 _CTX_PREFIX = "ctx."
 _TARGET = ("user", "item", "category")
@@ -361,7 +361,8 @@ class DIN:
     def __repr__(self) -> str:
         return (f"DIN(embedding_dim={self.embedding_dim}, capacity={self.capacity}, "
                 f"batch_size={self.batch_size}, optimizer={self.optimizer!r}, lr={self.lr}, "
-                f"use_lifelong={self.use_lifelong}, device={self.device!r})")
+                f"use_lifelong={self.use_lifelong}, wide={self.wide}, "
+                f"serve_position={self.serve_position}, device={self.device!r})")
 
     # -- encoding -----------------------------------------------------------------------
 
