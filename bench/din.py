@@ -257,9 +257,11 @@ def id_lookups(n: int, runs: int) -> dict[str, float]:
 
 
 def quality(synthetic_events: int) -> dict[str, dict[str, dict[str, float]]]:
-    LEARNERS["deepctr_din"] = DeepCTRDIN  # this process only
-    learners = ["ftrl", "din", "deepctr_din"]
-    params = {"din": {**SHAPES, "device": "cpu"}}
+    LEARNERS["deepctr_din"] = DeepCTRDIN  # these two for this process only
+    LEARNERS["din_deep"] = DIN  # with wide=False below: the network alone, like DeepCTR's
+    learners = ["ftrl", "din", "din_deep", "deepctr_din"]
+    params = {"din": {**SHAPES, "device": "cpu"},
+              "din_deep": {**SHAPES, "device": "cpu", "wide": False}}
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
         folders = {f"synthetic, {synthetic_events:,} events": Path(tmp) / "synthetic"}
@@ -303,7 +305,10 @@ def markdown(rates: dict[str, float], scores: dict[str, dict[str, dict[str, floa
         "left out), every learner on the same samples; DeepCTR-Torch's DIN behind the same "
         "protocol (scores queued at impression time, one `fit` step per 1024 samples; its "
         "own Adam at 3e-3 on every parameter, ReLU output MLP, no lifelong branch, no "
-        "context or counting features, hashed ids without admission):",
+        "context or counting features, hashed ids without admission). `din` is the "
+        "learner as registered (Wide & Deep: its FTRL wide part plus the network), "
+        "`din_deep` the network alone (`wide=False`), the like-for-like match of "
+        "DeepCTR-Torch's:",
         "",
         "| dataset | learner | auc | gauc | ne | calibration |",
         "|---|---|---:|---:|---:|---:|",
