@@ -6,13 +6,16 @@ of equal length and returns a Python ``float``. Labels ``y`` are clicks in
 probabilities (:func:`auc` and :func:`gauc` only use their order, so any real
 score works there).
 
-- :func:`auc`: exact ROC AUC (tied scores count 1/2), optional sample weights.
+- :func:`auc`: exact ROC AUC (tied scores count 1/2), optional sample weights;
+  :func:`auc_over_time` the same per time bucket.
 - :func:`gauc` / :func:`gauc_details`: impression-weighted per-user AUC
-  (Zhou et al. 2018, DIN); users with a single class are skipped and counted.
+  (Zhou et al. 2018, DIN), or click-weighted (RecBole's); users with a single class are
+  skipped and counted.
 - :func:`logloss`: mean binary cross-entropy, ``p`` clipped to ``[1e-15, 1 - 1e-15]``.
 - :func:`normalized_entropy`: logloss over the entropy of the background CTR
   (He et al. 2014, Facebook).
-- :func:`calibration`: mean predicted CTR over observed CTR.
+- :func:`calibration`: mean predicted CTR over observed CTR; :func:`calibration_buckets`
+  the same per score bucket (a reliability table).
 - :func:`ndcg_at_k`: mean per-request NDCG@k; requests without a relevant item are skipped.
 
 Input that makes a metric undefined or meaningless (different lengths, no rows,
@@ -37,11 +40,15 @@ from typing import Any, Literal
 import numpy as np
 
 __all__ = [
+    "CalibrationBucket",
     "GAUCResult",
     "MetricError",
     "RollingWindow",
+    "TimeBucketAUC",
     "auc",
+    "auc_over_time",
     "calibration",
+    "calibration_buckets",
     "gauc",
     "gauc_details",
     "logloss",
@@ -219,24 +226,49 @@ def auc(y: Any, p: Any, sample_weight: Any = None) -> float:
 # GAUC
 
 
-def gauc_details(group: Any, y: Any, p: Any) -> GAUCResult:
-    """Impression-weighted per-group AUC with the number of groups used and skipped.
+def gauc_details(group: Any, y: Any, p: Any,
+                 weighting: Literal["impressions", "clicks"] = "impressions") -> GAUCResult:
+    """Per-group AUC averaged with group weights, with the groups used and skipped.
 
     ``GAUC = sum_u n_u * AUC_u / sum_u n_u`` over the groups (users) ``u`` having
-    both a click and a non-click, where ``n_u`` is the group's impression count;
-    single-class groups are skipped and counted in ``groups_skipped``. Ties count
+    both a click and a non-click, where ``n_u`` is the group's impression count
+    (``weighting="impressions"``, the DIN paper's definition, Zhou et al. 2018) or its
+    click count (``"clicks"``, RecBole's ``GAUC``, which weights users by their positive
+    samples); single-class groups are skipped and counted in ``groups_skipped``. Ties count
     1/2 inside a group, as in :func:`auc`. Vectorised: one sort by (group, score).
     Raises :class:`MetricError` when no group has both classes.
 
     >>> gauc_details(["a", "a", "a", "b", "b", "c"], [1, 0, 0, 1, 0, 1],
     ...              [0.9, 0.5, 0.95, 0.2, 0.3, 0.5])
     GAUCResult(value=0.3, groups_used=2, groups_skipped=1)
+    >>> gauc_details(["a", "a", "a", "b", "b", "c"], [1, 0, 0, 1, 0, 1],
+    ...              [0.9, 0.5, 0.95, 0.2, 0.3, 0.5], weighting="clicks").value
+    0.25
     """
+    if weighting not in ("impressions", "clicks"):
+        raise MetricError(f"weighting must be 'impressions' or 'clicks', got {weighting!r}")
     codes = _group_codes(group)
     yy = _labels(y)
     pp = _scores(p, probabilities=False)
     _same_length(group=codes, y=yy, p=pp)
+    pos_u, neg_u, wins = _group_auc_counts(codes, yy, pp)
+    n_groups = len(pos_u)
+    used = (pos_u > 0) & (neg_u > 0)
+    groups_used = int(used.sum())
+    groups_skipped = n_groups - groups_used
+    if groups_used == 0:
+        raise MetricError(f"GAUC is undefined: all {n_groups} groups have a single class")
+    n_u = pos_u[used] + neg_u[used] if weighting == "impressions" else pos_u[used]
+    auc_u = wins[used] / (pos_u[used] * neg_u[used])
+    value = float(np.dot(n_u, auc_u) / n_u.sum())
+    return GAUCResult(value=value, groups_used=groups_used, groups_skipped=groups_skipped)
 
+
+def _group_auc_counts(codes: np.ndarray, yy: np.ndarray,
+                      pp: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per group code ``0..max``: positives, negatives, and the (positive, negative)
+    pairs the positive wins (ties 1/2), so ``AUC_g = wins / (pos * neg)``. Vectorised:
+    one sort by (group, score)."""
     order = np.lexsort((pp, codes))  # by group, then by score ascending
     gs, ps = codes[order], pp[order]
     pos = yy[order].astype(np.int64)
@@ -257,25 +289,54 @@ def gauc_details(group: Any, y: Any, p: Any) -> GAUCResult:
     offset = np.repeat(neg_cum[group_first_run], np.diff(np.append(group_first_run, len(starts))))
     below = (neg_cum - offset).astype(np.float64)
     wins = np.bincount(run_group, weights=pos_r * (below + 0.5 * neg_r), minlength=n_groups)
-
-    used = (pos_u > 0) & (neg_u > 0)
-    groups_used = int(used.sum())
-    groups_skipped = n_groups - groups_used
-    if groups_used == 0:
-        raise MetricError(f"GAUC is undefined: all {n_groups} groups have a single class")
-    n_u = pos_u[used] + neg_u[used]
-    auc_u = wins[used] / (pos_u[used] * neg_u[used])
-    value = float(np.dot(n_u, auc_u) / n_u.sum())
-    return GAUCResult(value=value, groups_used=groups_used, groups_skipped=groups_skipped)
+    return pos_u, neg_u, wins
 
 
-def gauc(group: Any, y: Any, p: Any) -> float:
-    """Impression-weighted per-user AUC; see :func:`gauc_details` (which also counts skips).
+@dataclass(frozen=True, slots=True)
+class TimeBucketAUC:
+    """Exact AUC of the rows whose time falls in ``[start, start + width)``; ``nan`` when
+    they are all of one class."""
+
+    start: int
+    count: int
+    clicks: int
+    auc: float
+
+
+def auc_over_time(ts: Any, y: Any, p: Any, width: int) -> list[TimeBucketAUC]:
+    """Exact AUC (ties 1/2) per time bucket of ``width`` (in the unit of ``ts``, integers,
+    e.g. milliseconds), buckets aligned to multiples of ``width``, empty ones left out, in
+    time order: a metric-over-time series that is exact, not thresholded.
+
+    >>> [(b.start, b.count, b.auc) for b in auc_over_time(
+    ...     [0, 5, 9, 12, 15, 31], [0, 1, 1, 0, 1, 1], [0.1, 0.8, 0.3, 0.9, 0.4, 0.5], 10)]
+    [(0, 3, 1.0), (10, 2, 0.0), (30, 1, nan)]
+    """
+    if isinstance(width, bool) or not isinstance(width, int | np.integer) or width < 1:
+        raise MetricError(f"width must be a positive integer, got {width!r}")
+    times = _array(ts, "ts")
+    if times.dtype.kind not in "iu":
+        raise MetricError(f"times ts must be integers, got dtype {times.dtype}")
+    yy = _labels(y)
+    pp = _scores(p, probabilities=False)
+    _same_length(ts=times, y=yy, p=pp)
+    starts, codes = np.unique(times.astype(np.int64) // int(width), return_inverse=True)
+    pos, neg, wins = _group_auc_counts(codes.reshape(-1), yy, pp)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        aucs = np.where((pos > 0) & (neg > 0), wins / (pos * neg), np.nan)
+    return [TimeBucketAUC(int(s) * int(width), int(pos[i] + neg[i]), int(pos[i]), float(aucs[i]))
+            for i, s in enumerate(starts)]
+
+
+def gauc(group: Any, y: Any, p: Any,
+         weighting: Literal["impressions", "clicks"] = "impressions") -> float:
+    """Per-user AUC weighted by impressions (or clicks); see :func:`gauc_details` (which
+    also counts skips).
 
     >>> gauc([1, 1, 2, 2, 2], [0, 1, 1, 0, 0], [0.2, 0.7, 0.6, 0.4, 0.9])
     0.7
     """
-    return gauc_details(group, y, p).value
+    return gauc_details(group, y, p, weighting).value
 
 
 # ---------------------------------------------------------------------------------------------
@@ -332,6 +393,56 @@ def calibration(y: Any, p: Any) -> float:
     if observed == 0.0:
         raise MetricError("calibration is undefined: no positive label")
     return float(pp.mean()) / observed
+
+
+@dataclass(frozen=True, slots=True)
+class CalibrationBucket:
+    """One score bucket of a reliability table: scores in ``[low, high)`` (the last bucket
+    includes 1), how many, their mean prediction and their observed click rate."""
+
+    low: float
+    high: float
+    count: int
+    mean_predicted: float
+    observed: float
+
+
+def calibration_buckets(y: Any, p: Any, n_buckets: int = 10,
+                        spacing: Literal["uniform", "quantile"] = "quantile"
+                        ) -> list[CalibrationBucket]:
+    """Reliability table: calibration per score bucket, empty buckets left out.
+
+    ``"uniform"``: ``n_buckets`` equal-width buckets over ``[0, 1]``; ``"quantile"``
+    (default): edges at the score quantiles, so every bucket holds about as many rows —
+    CTR scores crowd near 0, where uniform buckets would put almost everything in the
+    first one. Tied scores never straddle a quantile edge, so a bucket may hold more.
+
+    >>> [(b.count, b.mean_predicted, b.observed) for b in calibration_buckets(
+    ...     [0, 0, 1, 1], [0.1, 0.2, 0.7, 0.9], n_buckets=2, spacing="uniform")]
+    [(2, 0.15000000000000002, 0.0), (2, 0.8, 1.0)]
+    """
+    if isinstance(n_buckets, bool) or not isinstance(n_buckets, int | np.integer) \
+            or n_buckets < 1:
+        raise MetricError(f"n_buckets must be a positive integer, got {n_buckets!r}")
+    if spacing not in ("uniform", "quantile"):
+        raise MetricError(f"spacing must be 'uniform' or 'quantile', got {spacing!r}")
+    yy = _labels(y)
+    pp = _scores(p, probabilities=True)
+    _same_length(y=yy, p=pp)
+    if spacing == "uniform":
+        edges = np.linspace(0.0, 1.0, int(n_buckets) + 1)
+    else:
+        edges = np.unique(np.quantile(pp, np.linspace(0.0, 1.0, int(n_buckets) + 1)))
+        edges[0], edges[-1] = 0.0, 1.0
+        edges = np.unique(edges)
+    # Bucket i holds edges[i] <= p < edges[i + 1]; p == 1 goes to the last bucket.
+    index = np.clip(np.searchsorted(edges, pp, side="right") - 1, 0, len(edges) - 2)
+    count = np.bincount(index, minlength=len(edges) - 1)
+    predicted = np.bincount(index, weights=pp, minlength=len(edges) - 1)
+    clicks = np.bincount(index, weights=yy, minlength=len(edges) - 1)
+    return [CalibrationBucket(float(edges[i]), float(edges[i + 1]), int(count[i]),
+                              float(predicted[i] / count[i]), float(clicks[i] / count[i]))
+            for i in np.flatnonzero(count)]
 
 
 # ---------------------------------------------------------------------------------------------

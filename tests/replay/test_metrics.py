@@ -12,7 +12,9 @@ from replay.metrics import (
     MetricError,
     RollingWindow,
     auc,
+    auc_over_time,
     calibration,
+    calibration_buckets,
     gauc,
     gauc_details,
     logloss,
@@ -137,14 +139,15 @@ def test_gauc_result_is_frozen():
         result.value = 0.5  # type: ignore[misc]
 
 
-def per_user_reference(group, y, p) -> tuple[float, int, int]:
+def per_user_reference(group, y, p, weighting="impressions") -> tuple[float, int, int]:
     num = den = 0.0
     used = skipped = 0
     for g in np.unique(group):
         mask = group == g
         if 0 < y[mask].sum() < mask.sum():
-            num += mask.sum() * roc_auc_score(y[mask], p[mask])
-            den += mask.sum()
+            weight = mask.sum() if weighting == "impressions" else y[mask].sum()
+            num += weight * roc_auc_score(y[mask], p[mask])
+            den += weight
             used += 1
         else:
             skipped += 1
@@ -161,6 +164,20 @@ def test_gauc_equals_per_user_sklearn_auc_on_random_data(seed, ties):
     assert result.value == pytest.approx(expected, abs=1e-12)
     assert (result.groups_used, result.groups_skipped) == (used, skipped)
     assert skipped > 0  # the case does exercise skipping
+
+
+@pytest.mark.parametrize("ties", [False, True])
+def test_click_weighted_gauc_equals_recboles_definition_on_random_data(ties):
+    # RecBole's GAUC: per-user AUC weighted by the user's positive samples.
+    rng, y, p = random_case(5, n=3_000, ties=ties)
+    group = rng.integers(0, 300, len(y))
+    expected, used, skipped = per_user_reference(group, y, p, weighting="clicks")
+    result = gauc_details(group, y, p, weighting="clicks")
+    assert result.value == pytest.approx(expected, abs=1e-12)
+    assert (result.groups_used, result.groups_skipped) == (used, skipped)
+    assert result.value != pytest.approx(gauc(group, y, p), abs=1e-6)
+    with pytest.raises(MetricError, match="weighting"):
+        gauc(group, y, p, weighting="users")
 
 
 def test_gauc_accepts_string_groups_and_polars_series():
@@ -457,3 +474,69 @@ def test_rolling_window_rejects_invalid_input():
 def test_rolling_window_size_must_be_a_positive_integer(size):
     with pytest.raises(ValueError, match="positive integer"):
         RollingWindow(size)
+
+
+@pytest.mark.parametrize("spacing", ["uniform", "quantile"])
+def test_calibration_buckets_partition_the_rows_and_average_to_the_overall_figures(spacing):
+    rng = np.random.default_rng(3)
+    p = rng.beta(1, 20, 20_000)  # CTR-like scores, crowded near 0
+    y = (rng.random(p.size) < p).astype(int)
+    buckets = calibration_buckets(y, p, n_buckets=10, spacing=spacing)
+    counts = np.array([b.count for b in buckets])
+    assert counts.sum() == p.size
+    assert np.dot(counts, [b.mean_predicted for b in buckets]) / p.size == pytest.approx(p.mean())
+    assert np.dot(counts, [b.observed for b in buckets]) / p.size == pytest.approx(y.mean())
+    for b in buckets:
+        inside = (p >= b.low) & ((p < b.high) | (b.high == 1.0))
+        assert b.count == inside.sum()
+        assert b.mean_predicted == pytest.approx(p[inside].mean())
+        assert b.observed == pytest.approx(y[inside].mean())
+    if spacing == "quantile":  # about equal counts, where uniform crowds the first bucket
+        assert len(buckets) == 10 and counts.min() > 0.9 * p.size / 10
+    else:
+        assert counts[0] > 0.8 * p.size
+
+
+def test_calibration_buckets_leave_out_empty_buckets_and_take_a_score_of_one():
+    buckets = calibration_buckets([0, 1, 1], [0.05, 1.0, 1.0], n_buckets=4, spacing="uniform")
+    assert [(b.low, b.high, b.count, b.observed) for b in buckets] == [
+        (0.0, 0.25, 1, 0.0), (0.75, 1.0, 2, 1.0)]
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"n_buckets": 0}, "n_buckets"), ({"n_buckets": True}, "n_buckets"),
+    ({"spacing": "log"}, "spacing"),
+])
+def test_calibration_buckets_reject_bad_arguments(kwargs, match):
+    with pytest.raises(MetricError, match=match):
+        calibration_buckets([0, 1], [0.2, 0.4], **kwargs)
+    with pytest.raises(MetricError, match="probabilities"):
+        calibration_buckets([0, 1], [0.2, 1.4])
+
+
+@pytest.mark.parametrize("ties", [False, True])
+def test_auc_over_time_is_sklearns_exact_auc_of_each_bucket(ties):
+    rng, y, p = random_case(8, n=4_000, ties=ties)
+    ts = np.sort(rng.integers(0, 3_600_000, len(y)))  # an hour in milliseconds
+    ts[-3:] = [3_600_005, 3_600_006, 3_600_007]  # a bucket of three rows ...
+    y[-3:] = 1  # ... all clicks: its AUC is undefined
+    buckets = auc_over_time(ts, y, p, width=60_000)
+    assert [b.start for b in buckets] == sorted({int(t) // 60_000 * 60_000 for t in ts})
+    assert sum(b.count for b in buckets) == len(y)
+    for b in buckets:
+        inside = (ts >= b.start) & (ts < b.start + 60_000)
+        assert (b.count, b.clicks) == (inside.sum(), y[inside].sum())
+        if 0 < b.clicks < b.count:
+            assert b.auc == pytest.approx(roc_auc_score(y[inside], p[inside]), abs=1e-12)
+        else:
+            assert math.isnan(b.auc)
+    assert any(math.isnan(b.auc) for b in buckets)
+
+
+@pytest.mark.parametrize("ts, width, match", [
+    ([0.5, 1.5], 10, "integers"), ([0, 1], 0, "width"), ([0, 1], 2.5, "width"),
+    ([0], 10, "length"),
+])
+def test_auc_over_time_rejects_bad_input(ts, width, match):
+    with pytest.raises(MetricError, match=match):
+        auc_over_time(ts, [0, 1], [0.2, 0.4], width)
