@@ -33,7 +33,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from features.compiled import splitmix_uniforms  # noqa: E402
+from features.compiled import splitmix_uniform  # noqa: E402
 from features.importers import import_dataset  # noqa: E402
 from learners import DIN, GBDTLR, LEARNERS, FTRLProximal  # noqa: E402
 from learners.din import _without_position  # noqa: E402
@@ -99,7 +99,7 @@ class FTRLPositionMissing(FTRLProximal):
     and scores without them. The like-for-like baseline of the position-free score."""
 
     def learn_one(self, x: dict[str, float], y: int, w: float = 1.0) -> None:
-        if splitmix_uniforms(0, self.n_learned + self.n_skipped, 1)[0] < 0.1:
+        if splitmix_uniform(0, self.n_learned + self.n_skipped) < 0.1:
             x = _without_position(x)
         super().learn_one(x, y, w)
 

@@ -31,7 +31,7 @@ How it runs
   ``admit_after`` sightings in training, freed after ``ttl_ms`` unseen (event time), row 0
   for the rest. A row handed to a new ID is re-initialised, its optimiser state cleared.
   An ID trains with the row it had before the step, so the default row learns from first
-  sightings — what it is asked about at prediction (see :meth:`DIN._rows`).
+  sightings — what it is asked about at prediction (see :meth:`DIN._train_buffer`).
 * **Updates.** ``learn_one`` appends the sample to a buffer; every ``batch_size`` samples
   the buffer becomes one optimiser step (embeddings: sparse Adam or Adagrad over the rows
   in the batch; the rest: Adam), on the weighted log loss (FNW weights come in as sample
@@ -73,7 +73,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from features.compiled import splitmix_uniforms
+from features.compiled import splitmix_uniform
 from features.hashing import hash_names
 from features.joiner import fnw_weight
 from learners.base import (
@@ -100,8 +100,8 @@ _INT_HYPER = ("embedding_dim", "capacity", "admit_after", "batch_size", "recent_
 _FLOAT_HYPER = ("lr", "embedding_lr", "l2", "position_dropout")
 _STR_HYPER = ("optimizer", "activation", "attention_activation")
 _BOOL_HYPER = ("use_lifelong", "wide", "serve_position")
-
-
+# FTRL's sigmoid returns exactly 0 / 1 beyond a logit of -30 / 30: sigmoid(-30).
+_SATURATED = 1.0 / (1.0 + math.exp(30.0))
 
 
 def _without_position(x: Mapping[str, float]) -> dict[str, float]:
@@ -111,7 +111,7 @@ def _without_position(x: Mapping[str, float]) -> dict[str, float]:
 
 def _logit(p: float) -> float:
     """Log-odds of the wide part's probability (its sigmoid saturates at |logit| 30)."""
-    p = min(max(p, 9.357622968840175e-14), 1.0 - 9.357622968840175e-14)
+    p = min(max(p, _SATURATED), 1.0 - _SATURATED)
     return math.log(p / (1.0 - p))
 
 
@@ -123,7 +123,9 @@ class _Samples:
     with ``present`` bool of the same shape (False: missing field or padding: row 0, no
     lookup); ``recent_n``, ``lifelong_n`` sequence lengths; ``lifelong_age_s`` float32 (K);
     ``position`` int64 (-1 missing); ``dense`` float32 (D); ``ts_ms``; ``y``; ``w``; ``fnw``
-    (the weight is the fake-negative weight of the model's prediction at the step).
+    (the weight is the fake-negative weight of the model's prediction at the step);
+    ``wide`` float64, the wide part's logit when the sample was learned or queued (0
+    without a wide part).
     """
 
     FIELDS = ("ids", "present", "recent_n", "lifelong_n", "lifelong_age_s", "position", "dense",
@@ -411,23 +413,13 @@ class DIN:
         n = s.n
         present = s.present[:n]
         rows = np.zeros((n, s.ids.shape[1]), np.int64)
-        now = int(s.ts_ms[:n].max())
-        ids = s.ids[:n][present]
-        if learn:
-            # An ID without a row before this step trains the default row, even if the
-            # step's sightings admit it: the default row is then what predictions of new
-            # IDs need, the click rate of first sightings. (Trained by the IDs still
-            # unadmitted after the step instead — the rare ones — it read as their rate to
-            # every new ID: on MIND, whose news items are new all the time, calibration
-            # 1.84 and AUC 0.633, against 1.10 and 0.654 this way.)
-            served = self.ids.lookup(ids, now, learn=False)
-            rows[present] = np.where(served == 0, 0, self.ids.lookup(ids, now, learn=True))
-        else:
-            rows[present] = self.ids.lookup(ids, now, learn=False)
+        rows[present] = self.ids.lookup(s.ids[:n][present], int(s.ts_ms[:n].max()), learn=learn)
         return rows
 
-    def _batch(self, s: _Samples, rows: np.ndarray, positions: np.ndarray) -> DINBatch:
-        """The tensors of the first ``s.n`` samples.
+    def _batch(self, s: _Samples, rows: np.ndarray, positions: np.ndarray,
+               training: bool) -> DINBatch:
+        """The tensors of the first ``s.n`` samples; for ``training``, with the host-built
+        index (a prediction reads its scores back from the device anyway).
 
         Sequences keep their full padded length whatever the batch holds, so a sample's
         score never depends on which others share its batch (the recent attention skips
@@ -450,7 +442,9 @@ class DIN:
             "dense": s.dense[:n],
         }
         batch = DINBatch(**{k: torch.from_numpy(np.ascontiguousarray(v))
-                            for k, v in tensors.items()}).with_host_index(self.use_lifelong)
+                            for k, v in tensors.items()})
+        if training:
+            batch = batch.with_host_index(self.use_lifelong)
         if self._device.type == "cuda":
             return batch.pin_memory().to(self._device, non_blocking=True)
         return batch
@@ -480,7 +474,7 @@ class DIN:
         positions = position_buckets(torch.from_numpy(
             s.position[:s.n] if self.serve_position else np.full(s.n, -1)),
             self.n_position_buckets)
-        batch = self._batch(s, rows, positions.numpy())
+        batch = self._batch(s, rows, positions.numpy(), training=False)
         self._net.eval()
         with self._threads(), torch.no_grad(), self._autocast():
             logits = self._net(batch, train_position=False)
@@ -615,7 +609,7 @@ class DIN:
         self._encode(x, buffer, int(y), float(w), fnw)
         # Position dropout (Zhao et al.): the sample trains as if its position were missing,
         # in both parts; drawn from the sample's number, so restarts draw the same.
-        dropped = splitmix_uniforms(self.seed, self.n_learned, 1)[0] < self.position_dropout
+        dropped = splitmix_uniform(self.seed, self.n_learned) < self.position_dropout
         if dropped:
             buffer.position[buffer.n - 1] = -1
         if self._wide is not None:
@@ -651,9 +645,18 @@ class DIN:
         fresh = self.ids.take_fresh_rows()
         if fresh.size:
             self._reinitialise(torch.from_numpy(fresh))
+            # An ID given its row by this step trains the default row once more: it had
+            # no row when its samples were scored, so the default row learns the click
+            # rate of first sightings, what predictions of new IDs ask of it. (Trained by
+            # the IDs still unadmitted after a step instead — the rare ones — it read as
+            # their rate to every new ID: on MIND, whose news items are new all the time,
+            # calibration 1.84 and AUC 0.633, against 1.10 and 0.654 this way.)
+            assigned = np.zeros(self.capacity + 1, bool)
+            assigned[fresh] = True
+            rows[assigned[rows]] = 0
         buckets = position_buckets(torch.from_numpy(buffer.position[:buffer.n]),
                                    self.n_position_buckets)
-        batch = self._batch(buffer, rows, buckets.numpy())
+        batch = self._batch(buffer, rows, buckets.numpy(), training=True)
         y = torch.from_numpy(buffer.y[:buffer.n]).to(self._device, non_blocking=True)
         w = torch.from_numpy(buffer.w[:buffer.n]).to(self._device, non_blocking=True)
         if self.n_steps == 0 and not self.wide:
