@@ -80,6 +80,13 @@ def _positive_int(text: str | int) -> int:
     return value
 
 
+def _positive_duration_ms(text: str | int) -> int:
+    value = parse_duration_ms(text)
+    if value < 1:
+        raise ValueError(f"must be a positive duration, got {text!r}")
+    return value
+
+
 def _dataset_name(text: str) -> str:
     if text not in DATASETS:
         raise ValueError(f"unknown dataset {text!r}; available: {', '.join(DATASETS)}")
@@ -207,7 +214,8 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
     result = run_replay(args.dir, args.learners, args.report, joiner_config=_joiner_config(args),
                         learner_params=learner_params(args.config, LEARNERS),
-                        modes=args.delayed_feedback, warmup_ms=args.warmup)
+                        modes=args.delayed_feedback, warmup_ms=args.warmup,
+                        time_bucket_ms=args.time_bucket)
     Console().print(learner_table(result.learners, "progressive validation (replay)"))
     print(f"report: {args.report}/report.md")
     return 0
@@ -306,6 +314,9 @@ def _build() -> tuple[argparse.ArgumentParser, dict[str, Options]]:
     o.add(p, "--warmup", type=parse_duration_ms, default=None,
           help="leave impressions of the stream's first DURATION out of the metrics "
                "(default: one window; 0 keeps all)")
+    o.add(p, "--time-bucket", type=_positive_duration_ms, default=None,
+          help="bucket width of the metrics over time, e.g. 1h (default: a round width "
+               "giving at most 48 buckets)")
     return parser, all_options
 
 

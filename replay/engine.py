@@ -16,7 +16,10 @@ keeps the run leak-free by construction:
 Evaluation always uses ``FINAL`` releases — the label as known at the window
 end — whatever the training mode. What happens to a final, scored sample is up
 to the ``on_outcome`` callbacks (record it for a report, update live gauges,
-publish it to the samples topic).
+publish it to the samples topic). ``on_score`` callbacks see each impression with
+the joiner's features at the moment it is scored, and ``on_learn`` callbacks each
+release the learners train on, after they have: together they let
+:class:`replay.audit.LeakAudit` check the order of all three from outside.
 """
 
 from __future__ import annotations
@@ -43,7 +46,7 @@ from features.joiner import (
 from learners import Learner
 from learners.base import QueuedScoring
 
-__all__ = ["OnlineEngine", "Outcome", "OutcomeCallback"]
+__all__ = ["LearnCallback", "OnlineEngine", "Outcome", "OutcomeCallback", "ScoreCallback"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,6 +58,8 @@ class Outcome:
 
 
 OutcomeCallback = Callable[[Outcome], None]
+ScoreCallback = Callable[[Impression, JoinedFeatures], None]
+LearnCallback = Callable[[Release], None]
 Featurizer = Callable[[Impression, JoinedFeatures], dict[str, float]]
 
 
@@ -67,6 +72,8 @@ class OnlineEngine:
     featurize: Featurizer = impression_features
     on_outcome: list[OutcomeCallback] = field(default_factory=list)
     on_orphan: list[Callable[[Click], None]] = field(default_factory=list)
+    on_score: list[ScoreCallback] = field(default_factory=list)
+    on_learn: list[LearnCallback] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if not self.learners:
@@ -156,7 +163,8 @@ class OnlineEngine:
             self._open[row] = (x, dict(zip(names, scores.tolist(), strict=True)))
 
     def _score(self, imp: Impression, row: int) -> None:
-        x = self.featurize(imp, self.joiner.features(row))
+        features = self.joiner.features(row)
+        x = self.featurize(imp, features)
         scores: dict[str, float] = {}
         clock = time.perf_counter
         for name, learner in self.learners.items():
@@ -167,6 +175,8 @@ class OnlineEngine:
                 scores[name] = learner.predict_proba_one(x)
             self.learner_seconds[name] += clock() - start
         self._open[row] = (x, scores)
+        for callback in self.on_score:
+            callback(imp, features)
 
     def _resolve(self, scores: dict[str, float]) -> None:
         """Replace the tickets among ``scores`` by the scores they stand for, in place."""
@@ -203,6 +213,8 @@ class OnlineEngine:
             else:
                 learner.learn_one(x, label)
             self.learner_seconds[name] += clock() - start
+        for callback in self.on_learn:
+            callback(release)
         delay = release.final_ts - release.impression.ts
         if not (self._fnw and label):  # in FNW mode the negative comes first
             self._delay_ms["first"] += delay

@@ -45,11 +45,15 @@ class ReplayInputError(ValueError):
 
 @dataclass(frozen=True)
 class ReplayInput:
-    """Validated rows of a replay folder, sorted by event time, and the rejected ones."""
+    """Validated rows of a replay folder, sorted by event time, and the rejected ones.
+
+    ``name`` says where the rows came from when that is not a folder (a topic range).
+    """
 
     impressions: pl.DataFrame
     clicks: pl.DataFrame
     rejected: pl.DataFrame
+    name: str | None = None
 
     @property
     def n_events(self) -> int:

@@ -432,9 +432,10 @@ def calibration_buckets(y: Any, p: Any, n_buckets: int = 10,
     if spacing == "uniform":
         edges = np.linspace(0.0, 1.0, int(n_buckets) + 1)
     else:
-        edges = np.unique(np.quantile(pp, np.linspace(0.0, 1.0, int(n_buckets) + 1)))
-        edges[0], edges[-1] = 0.0, 1.0
-        edges = np.unique(edges)
+        # Inner edges at the quantiles, outer ones at 0 and 1 (one bucket when every score
+        # is the same).
+        inner = np.quantile(pp, np.linspace(0.0, 1.0, int(n_buckets) + 1)[1:-1])
+        edges = np.unique(np.concatenate([[0.0], inner[(inner > 0) & (inner < 1)], [1.0]]))
     # Bucket i holds edges[i] <= p < edges[i + 1]; p == 1 goes to the last bucket.
     index = np.clip(np.searchsorted(edges, pp, side="right") - 1, 0, len(edges) - 2)
     count = np.bincount(index, minlength=len(edges) - 1)

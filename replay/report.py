@@ -10,6 +10,12 @@ metrics are out-of-sample without a held-out split.
      "learners": {"ftrl": {"auc", "gauc", "logloss", "ne", "calibration", "ndcg@10",
                            "samples", "throughput_eps"}, ...}}
 
+``gauc_clicks`` is GAUC with users weighted by their clicks (RecBole's definition)
+next to the DIN paper's impression-weighted ``gauc``. A replay's report adds the
+breakdowns of :mod:`replay.breakdown` (``over_time``, ``reliability``,
+``label_delay``), ``sequence_lengths`` and the ``leak_audit`` of
+:mod:`replay.audit`, with their PNG plots (:mod:`replay.plots`) listed in ``plots``.
+
 ``throughput_eps`` is impressions scored per second of the learner's own time
 (prediction plus learning), so it does not depend on input parsing or Kafka.
 
@@ -25,6 +31,7 @@ import json
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +41,7 @@ from rich.table import Table
 
 from replay import metrics
 from replay.engine import Outcome
+from replay.plots import write_plots
 
 __all__ = [
     "OutcomeRecorder",
@@ -45,7 +53,7 @@ __all__ = [
     "write_report",
 ]
 
-METRIC_KEYS = ("auc", "gauc", "logloss", "ne", "calibration", "ndcg@10")
+METRIC_KEYS = ("auc", "gauc", "gauc_clicks", "logloss", "ne", "calibration", "ndcg@10")
 
 
 @dataclass
@@ -107,6 +115,7 @@ def score_metrics(outcomes: pl.DataFrame, score_column: str) -> dict[str, float]
     computed = {
         "auc": lambda: metrics.auc(y, p),
         "gauc": lambda: metrics.gauc(users, y, p),
+        "gauc_clicks": lambda: metrics.gauc(users, y, p, weighting="clicks"),
         "logloss": lambda: metrics.logloss(y, p),
         "ne": lambda: metrics.normalized_entropy(y, p),
         "calibration": lambda: metrics.calibration(y, p),
@@ -143,11 +152,14 @@ def write_report(
     title: str,
     details: Mapping[str, Any] | None = None,
     modes: Mapping[str, Mapping[str, Any]] | None = None,
+    breakdown: Mapping[str, Any] | None = None,
 ) -> Path:
     """Write ``report.json`` and ``report.md`` into ``out_dir``; return the folder.
 
     ``modes`` (delayed-feedback mode → {"learners": …, "freshness": …}) adds the
-    comparison of training modes on the same stream.
+    comparison of training modes on the same stream. ``breakdown`` adds top-level
+    sections (``over_time``, ``reliability``, ``label_delay``, ``sequence_lengths``,
+    ``leak_audit``), drawn as PNG plots next to the report.
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -158,9 +170,13 @@ def write_report(
     if modes:
         doc["delayed_feedback"] = {m: dict(v) for m, v in modes.items()}
     # NaN is not JSON: undefined metrics are written as null.
-    (out / "report.json").write_text(json.dumps(_json_safe(doc), indent=2) + "\n")
-    (out / "report.md").write_text(_markdown(title, events, learners, details or {},
-                                             modes or {}))
+    doc = _json_safe({**doc, **(breakdown or {})})
+    if breakdown:
+        doc["plots"] = write_plots(doc, out)
+    (out / "report.json").write_text(json.dumps(doc, indent=2) + "\n")
+    (out / "report.md").write_text(_markdown(
+        title, events, learners, details or {}, modes or {},
+        _breakdown_markdown(doc) if breakdown else []))
     return out
 
 
@@ -241,6 +257,7 @@ def _markdown(
     learners: Mapping[str, Mapping[str, float]],
     details: Mapping[str, Any],
     modes: Mapping[str, Mapping[str, Any]],
+    breakdown: list[str],
 ) -> str:
     keys = (*METRIC_KEYS, "samples", "throughput_eps")
     lines = [f"# {title}", "", "## Learners (progressive validation)", ""]
@@ -251,7 +268,8 @@ def _markdown(
     lines += [
         "",
         "AUC is exact (rank-based, ties count one half). GAUC is the impression-weighted mean",
-        "of per-user AUCs over users with both clicks and non-clicks. NE is logloss divided by",
+        "of per-user AUCs over users with both clicks and non-clicks (DIN paper); gauc_clicks",
+        "weights them by clicks instead (RecBole). NE is logloss divided by",
         "the entropy of the observed CTR (below 1 beats predicting the base rate). Calibration",
         "is mean predicted CTR over observed CTR. NDCG@10 is per request, requests without a",
         "click skipped. throughput_eps is impressions per second of the learner's own time.",
@@ -260,6 +278,7 @@ def _markdown(
     ]
     if modes:
         lines += _modes_markdown(modes)
+    lines += breakdown
     lines += [
         "",
         "## Events",
@@ -272,3 +291,96 @@ def _markdown(
         lines += ["", "## Run", "", "| setting | value |", "|---|---|"]
         lines += [f"| {k} | {v} |" for k, v in details.items()]
     return "\n".join(lines) + "\n"
+
+
+_CHECK_TEXT = {
+    "behaviour_not_before_prediction": "newest behaviour in the features strictly before the "
+                                       "prediction",
+    "label_known_before_prediction": "click and final label at or after the prediction (final "
+                                     "at the window end)",
+    "learned_before_scored": "every sample scored before any learner trained on it",
+    "trained_before_label_known": "trained on a label only once it was known (a positive at or "
+                                  "after its click, a final sample at the window end)",
+}
+
+
+def _utc(ts: int | None) -> str:
+    if ts is None:
+        return "—"
+    return datetime.fromtimestamp(ts / 1000, tz=UTC).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3]
+
+
+def _breakdown_markdown(doc: Mapping[str, Any]) -> list[str]:
+    """The report's breakdown sections (plots, reliability, leak audit, delays, lengths)."""
+    plots = set(doc.get("plots", ()))
+    lines: list[str] = []
+    series = doc.get("over_time")
+    if series and series["start_ts"]:
+        lines += ["", "## Metrics over time", "",
+                  f"Exact AUC and calibration of each learner per {series['width_ms'] // 60_000}"
+                  f" min bucket of impression time ({len(series['start_ts'])} buckets; "
+                  "`over_time` in report.json has logloss too)."]
+        if "metric_over_time.png" in plots:
+            lines += ["", "![metrics over time](metric_over_time.png)"]
+    tables = doc.get("reliability") or {}
+    if any(tables.values()):
+        lines += ["", "## Calibration per score bucket", "",
+                  "Buckets of equal size by score (quantiles); observed click rate against "
+                  "mean prediction.", ""]
+        lines += ["| learner | bucket | scores | samples | mean predicted | observed |",
+                  "|---|---:|---|---:|---:|---:|"]
+        for name, rows in tables.items():
+            for i, r in enumerate(rows):
+                lines.append(f"| {name} | {i + 1} | [{r['low']:.4f}, {r['high']:.4f}) | "
+                             f"{r['count']:,} | {r['mean_predicted']:.4f} | "
+                             f"{r['observed']:.4f} |")
+        if "reliability.png" in plots:
+            lines += ["", "![reliability diagram](reliability.png)"]
+    audit = doc.get("leak_audit")
+    if audit:
+        verdict = ("**consistent**: no impression saw the future" if audit["consistent"]
+                   else "**VIOLATIONS FOUND**: the replay leaked; see the counts")
+        lines += ["", "## Leak audit", "",
+                  f"Every one of {audit['impressions_checked']:,} scored impressions checked "
+                  f"({audit['with_behaviour']:,} with behaviour in their features): {verdict}.",
+                  "", "| check | violations |", "|---|---:|"]
+        lines += [f"| {_CHECK_TEXT[k]} | {v:,} |" for k, v in audit["violations"].items()]
+        for check, ids in audit.get("examples", {}).items():
+            lines.append(f"\nFirst offending impressions ({check}): {', '.join(ids)}")
+        if audit["min_behaviour_lead_s"] is not None:
+            lead, median = audit["min_behaviour_lead_s"], audit["median_behaviour_lead_s"]
+            lines += ["", f"The newest behaviour came at least {lead:.3f} s before its "
+                          f"prediction (median {median:,.0f} s); labels were final at least "
+                          f"{audit['min_label_final_after_s']:,.0f} s after it."]
+        lines += ["", "A sample of impressions (UTC):", "",
+                  "| impression | newest behaviour | prediction | click | label final | "
+                  "first trained |", "|---|---|---|---|---|---|"]
+        for row in audit["sample"]:
+            lines.append(f"| {row['impression_id']} | " + " | ".join(_utc(row[k]) for k in (
+                "newest_behaviour_ts", "prediction_ts", "click_ts", "label_final_ts",
+                "first_trained_ts")) + " |")
+    delays = doc.get("label_delay")
+    if delays and delays["clicks"]:
+        q = delays["quantiles_s"]
+        lines += ["", "## Label delay", "",
+                  f"{delays['clicks']:,} clicks with their impression in the input: "
+                  f"{delays['within_window']:,} within the {delays['window_s']:,.0f} s window, "
+                  f"{delays['after_window']:,} after it (counted late, not joined), "
+                  f"{delays['before_impression']:,} before their impression. Delay median "
+                  f"{q.get('p50', math.nan):,.1f} s, p90 {q.get('p90', math.nan):,.1f} s, "
+                  f"p99 {q.get('p99', math.nan):,.1f} s."]
+        if "label_delay.png" in plots:
+            lines += ["", "![label delay](label_delay.png)"]
+    lengths = doc.get("sequence_lengths") or {}
+    if any(lengths.values()):
+        lines += ["", "## Sequence lengths", "", "Behaviours attached to each impression "
+                  "when it was scored.", "", "| sequence | mean | empty | longest (share) |",
+                  "|---|---:|---:|---:|"]
+        for name, counts in lengths.items():
+            total = sum(counts) or 1
+            mean = sum(i * c for i, c in enumerate(counts)) / total
+            lines.append(f"| {name} | {mean:.2f} | {counts[0] / total:.1%} | "
+                         f"{len(counts) - 1} ({counts[-1] / total:.1%}) |")
+        if "sequence_lengths.png" in plots:
+            lines += ["", "![sequence lengths](sequence_lengths.png)"]
+    return lines

@@ -19,6 +19,8 @@ import polars as pl
 from features.events import Click, encode_event
 from features.joiner import JoinerConfig
 from learners import Learner, make_learner
+from replay.audit import LeakAudit
+from replay.breakdown import auto_bucket_ms, label_delays, over_time, reliability
 from replay.engine import OnlineEngine
 from replay.inputs import REJECTED_SCHEMA, ReplayInput, iter_events, read_replay_input
 from replay.progress import progress
@@ -32,20 +34,22 @@ class ReplayResult:
     """What a replay measured: event counts, per-learner metrics and the outcomes themselves.
 
     ``learners`` and ``outcomes`` are those of the first delayed-feedback mode;
-    ``modes`` holds every mode's learner metrics and freshness.
+    ``modes`` holds every mode's learner metrics and freshness; ``breakdown`` the
+    report's breakdowns and leak audit (see :mod:`replay.report`).
     """
 
     events: dict[str, int]
     learners: dict[str, dict[str, float]]
     outcomes: pl.DataFrame
     modes: dict[str, dict[str, Any]]
+    breakdown: dict[str, Any]
 
 
 BATCH = 2048  # events per push: large enough to amortise the joiner call, small for memory
 
 
 def run_replay(
-    folder: str | Path,
+    source: str | Path | ReplayInput,
     learner_names: Sequence[str],
     report_dir: str | Path | None,
     *,
@@ -53,9 +57,13 @@ def run_replay(
     modes: Sequence[str] = ("wait",),
     learner_params: Mapping[str, Mapping[str, Any]] | None = None,
     warmup_ms: int | None = None,
+    time_bucket_ms: int | None = None,
     show_progress: bool = True,
 ) -> ReplayResult:
-    """Replay ``folder`` through the named learners; write the report when ``report_dir`` is set.
+    """Replay ``source`` through the named learners; write the report when ``report_dir`` is set.
+
+    ``source`` is a replay folder or an already read :class:`~replay.inputs.ReplayInput`
+    (e.g. a topic range of a broker, :mod:`replay.kafka_input`).
 
     Each delayed-feedback mode (``wait``, ``fnw``) gets its own joiner and fresh
     learners, all fed the same events in one pass. Metrics leave out impressions of
@@ -66,8 +74,10 @@ def run_replay(
         raise ValueError("at least one delayed-feedback mode is needed")
     warmup = base.window_ms if warmup_ms is None else warmup_ms
     params = learner_params or {}
-    inp = read_replay_input(folder)
+    inp = source if isinstance(source, ReplayInput) else read_replay_input(source)
+    name = inp.name or Path(str(source)).name
     recorders: dict[str, OutcomeRecorder] = {}
+    audits: dict[str, LeakAudit] = {}
     engines: dict[str, OnlineEngine] = {}
     orphans: list[Click] = []
     for mode in dict.fromkeys(modes):
@@ -75,10 +85,12 @@ def run_replay(
             name: make_learner(name, **params.get(name, {})) for name in learner_names
         }
         recorders[mode] = OutcomeRecorder(tuple(learners))
+        audit = audits[mode] = LeakAudit(base.window_ms)
         engines[mode] = OnlineEngine(
-            learners, replace(base, mode=mode), on_outcome=[recorders[mode]],
+            learners, replace(base, mode=mode), on_outcome=[recorders[mode], audit.on_outcome],
             # Every mode's joiner sees the same orphans: keep one list of them.
             on_orphan=[orphans.append] if not engines else [],
+            on_score=[audit.on_score], on_learn=[audit.on_learn],
         )
 
     users = pl.concat([inp.impressions["user_id"], inp.clicks["user_id"]]).n_unique()
@@ -121,15 +133,17 @@ def run_replay(
         **engines[first].joiner.stats.as_dict(),
         "warmup_samples": outcomes.height - after_warmup(outcomes, warmup).height,
     }
+    breakdown = _breakdown(inp, outcomes, after_warmup(outcomes, warmup), learner_names,
+                           audits, base.window_ms, time_bucket_ms)
     if report_dir is not None:
         out = Path(report_dir)
         write_report(
             out,
             events,
             per_mode[first]["learners"],
-            title=f"Replay of {Path(folder).name}",
+            title=f"Replay of {name}",
             details={
-                "input": str(folder),
+                "input": inp.name or str(source),
                 "window_ms": base.window_ms,
                 "allowed_lateness_ms": base.allowed_lateness_ms,
                 "warmup_ms": warmup,
@@ -138,9 +152,39 @@ def run_replay(
                 "events_per_second": round(inp.n_events / wall) if wall > 0 else None,
             },
             modes=per_mode if len(per_mode) > 1 else None,
+            breakdown=breakdown,
         )
         rejected.write_parquet(out / "rejected.parquet")
-    return ReplayResult(events, per_mode[first]["learners"], outcomes, per_mode)
+    return ReplayResult(events, per_mode[first]["learners"], outcomes, per_mode, breakdown)
+
+
+def _breakdown(
+    inp: ReplayInput,
+    outcomes: pl.DataFrame,
+    scored: pl.DataFrame,
+    learner_names: Sequence[str],
+    audits: Mapping[str, LeakAudit],
+    window_ms: int,
+    time_bucket_ms: int | None,
+) -> dict[str, Any]:
+    """The report's breakdowns of the first mode's scored outcomes, and every mode's audit."""
+    if time_bucket_ms is None:
+        span = (int(outcomes["impression_ts"].max()) - int(outcomes["impression_ts"].min())
+                if outcomes.height else 0)
+        time_bucket_ms = auto_bucket_ms(span)
+    first, *others = audits
+    audit = audits[first].summary()
+    if others:
+        audit["modes"] = {mode: {"consistent": (s := audits[mode].summary())["consistent"],
+                                 "violations": s["violations"]} for mode in audits}
+        audit["consistent"] = all(m["consistent"] for m in audit["modes"].values())
+    return {
+        "over_time": over_time(scored, learner_names, time_bucket_ms),
+        "reliability": reliability(scored, learner_names),
+        "label_delay": label_delays(inp.impressions, inp.clicks, window_ms),
+        "sequence_lengths": audits[first].sequence_lengths(),
+        "leak_audit": audit,
+    }
 
 
 def _rejected_with_orphans(inp: ReplayInput, orphans: list[Click]) -> pl.DataFrame:

@@ -64,7 +64,8 @@ def test_bad_window_from_environment_names_the_variable(capsys, tmp_path, monkey
 
 def test_generate_then_replay_writes_a_report_with_the_design_schema(tmp_path):
     data, report = tmp_path / "data", tmp_path / "report"
-    (tmp_path / "run.toml").write_text(f'[replay]\nreport = "{report}"\nwindow = "10m"\n')
+    (tmp_path / "run.toml").write_text(
+        f'[replay]\nreport = "{report}"\nwindow = "10m"\ntime_bucket = "10m"\n')
     generated = run_cli("generate", "--events", "20000", "--out", str(data), "--seed", "5")
     assert generated.returncode == 0, generated.stderr
     done = run_cli("replay", str(data), "--config", str(tmp_path / "run.toml"),
@@ -72,8 +73,9 @@ def test_generate_then_replay_writes_a_report_with_the_design_schema(tmp_path):
     assert done.returncode == 0, done.stderr
     doc = json.loads((report / "report.json").read_text())
     assert set(doc["learners"]) == {"ftrl"}
-    assert set(doc["learners"]["ftrl"]) == {"auc", "gauc", "logloss", "ne", "calibration",
-                                            "ndcg@10", "samples", "throughput_eps"}
+    assert set(doc["learners"]["ftrl"]) == {"auc", "gauc", "gauc_clicks", "logloss", "ne",
+                                            "calibration", "ndcg@10", "samples",
+                                            "throughput_eps"}
     assert doc["learners"]["ftrl"]["auc"] > 0.55
     assert doc["details"]["window_ms"] == 600_000
     events = doc["events"]
@@ -82,6 +84,12 @@ def test_generate_then_replay_writes_a_report_with_the_design_schema(tmp_path):
         events["impressions"] - events["duplicate_impressions"]
     assert (report / "report.md").read_text().startswith("# Replay of data")
     assert (report / "rejected.parquet").is_file()
+    assert doc["over_time"]["width_ms"] == 600_000  # --time-bucket, from the config file
+    assert doc["leak_audit"]["consistent"] is True
+    assert set(doc["plots"]) == {"metric_over_time.png", "reliability.png", "label_delay.png",
+                                 "sequence_lengths.png"}
+    for name in doc["plots"]:
+        assert (report / name).read_bytes().startswith(b"\x89PNG"), name
 
 
 @pytest.mark.integration

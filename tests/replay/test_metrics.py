@@ -503,6 +503,12 @@ def test_calibration_buckets_leave_out_empty_buckets_and_take_a_score_of_one():
         (0.0, 0.25, 1, 0.0), (0.75, 1.0, 2, 1.0)]
 
 
+def test_calibration_buckets_of_one_repeated_score_are_one_bucket():
+    # An untrained model scores everything alike: quantile edges then all coincide.
+    buckets = calibration_buckets([0, 1, 0, 0], [0.5] * 4)
+    assert [(b.low, b.high, b.count, b.observed) for b in buckets] == [(0.5, 1.0, 4, 0.25)]
+
+
 @pytest.mark.parametrize("kwargs, match", [
     ({"n_buckets": 0}, "n_buckets"), ({"n_buckets": True}, "n_buckets"),
     ({"spacing": "log"}, "spacing"),
