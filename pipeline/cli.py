@@ -31,7 +31,8 @@ from pipeline.config import (
     parse_duration_ms,
     parse_names,
 )
-from replay.inputs import ReplayInputError
+from replay.inputs import ReplayInput, ReplayInputError
+from replay.kafka_input import parse_time_ms
 
 __all__ = ["main"]
 
@@ -206,13 +207,40 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _replay_source(args: argparse.Namespace) -> Path | ReplayInput:
+    """DIR, or the topic range of ``--bootstrap``: exactly one of them."""
+    if (args.dir is None) == (args.bootstrap is None):
+        given = "both" if args.dir is not None else "neither"
+        raise ValueError(f"give a replay folder DIR or --bootstrap HOST:PORT, not {given}")
+    if args.dir is not None:
+        if args.from_time is not None or args.to_time is not None:
+            raise ValueError("--from-time/--to-time select a topic range: they need --bootstrap "
+                             "instead of DIR")
+        return args.dir
+    from replay.kafka_input import BrokerUnreachableError, read_topic_range
+
+    kafka_log = logging.getLogger("kafka")
+    level = kafka_log.level
+    if not args.verbose:  # the client logs every failed connect; the error below says it once
+        kafka_log.setLevel(logging.CRITICAL)
+    try:
+        return read_topic_range(args.bootstrap, args.from_time, args.to_time,
+                                impressions_topic=args.impressions_topic,
+                                clicks_topic=args.clicks_topic, window_ms=args.window)
+    except BrokerUnreachableError as exc:  # a failure while running, not bad input: status 1
+        raise BrokerError(str(exc)) from None
+    finally:
+        kafka_log.setLevel(level)
+
+
 def cmd_replay(args: argparse.Namespace) -> int:
     from rich.console import Console
 
     from replay.report import learner_table
     from replay.run import run_replay
 
-    result = run_replay(args.dir, args.learners, args.report, joiner_config=_joiner_config(args),
+    source = _replay_source(args)
+    result = run_replay(source, args.learners, args.report, joiner_config=_joiner_config(args),
                         learner_params=learner_params(args.config, LEARNERS),
                         modes=args.delayed_feedback, warmup_ms=args.warmup,
                         time_bucket_ms=args.time_bucket)
@@ -303,8 +331,20 @@ def _build() -> tuple[argparse.ArgumentParser, dict[str, Options]]:
           help="publish labelled samples to the samples topic")
     _add_topic_options(o, p)
 
-    p, o = command("replay", "leak-free offline replay of a folder", cmd_replay)
-    o.add(p, "dir", type=Path, positional=True, help="replay input folder", metavar="DIR")
+    p, o = command("replay", "leak-free offline replay of a folder or of a topic range",
+                   cmd_replay)
+    o.add(p, "dir", type=Path, positional=True, default=None, metavar="DIR",
+          help="replay input folder (or give --bootstrap to replay a topic range)")
+    o.add(p, "--bootstrap", default=None,
+          help="Kafka bootstrap HOST:PORT: replay a time range of its topics instead of DIR")
+    o.add(p, "--from-time", type=parse_time_ms, default=None,
+          help="with --bootstrap: impressions from this time on, ISO-8601 with a zone "
+               "(2026-11-30T12:00:00Z) or epoch ms (default: the topics' beginning)")
+    o.add(p, "--to-time", type=parse_time_ms, default=None,
+          help="with --bootstrap: impressions before this time (exclusive; clicks up to one "
+               "window later), ISO-8601 or epoch ms (default: now)")
+    for topic in ("impressions", "clicks"):
+        o.add(p, f"--{topic}-topic", default=topic, help=f"with --bootstrap: the {topic} topic")
     o.add(p, "--learners", type=_learner_names, default=("ftrl",), help=learners_help)
     o.add(p, "--report", type=Path, help="report folder")
     _add_joiner_options(o, p)
