@@ -22,7 +22,8 @@ import polars as pl
 
 from replay import metrics
 
-__all__ = ["DELAY_EDGES_S", "auto_bucket_ms", "label_delays", "over_time", "reliability"]
+__all__ = ["DELAY_EDGES_S", "auto_bucket_ms", "format_duration", "label_delays", "over_time",
+           "reliability"]
 
 _NICE_WIDTHS_MS = tuple(m * 60_000 for m in (1, 5, 15, 30, 60, 180, 360, 720, 1440, 10080))
 _TARGET_BUCKETS = 48
@@ -41,6 +42,19 @@ def auto_bucket_ms(span_ms: int) -> int:
         if span_ms / width <= _TARGET_BUCKETS:
             return width
     return _NICE_WIDTHS_MS[-1]
+
+
+def format_duration(ms: float) -> str:
+    """A duration in its largest whole unit, for titles and reports.
+
+    >>> format_duration(21_600_000), format_duration(90_000), format_duration(250)
+    ('6 h', '1.5 min', '250 ms')
+    """
+    for unit, size in (("d", 86_400_000), ("h", 3_600_000), ("min", 60_000), ("s", 1000)):
+        if ms >= size:
+            value = ms / size
+            return f"{value:g} {unit}" if value == int(value) else f"{value:.1f} {unit}"
+    return f"{ms:g} ms"
 
 
 def over_time(outcomes: pl.DataFrame, learners: Sequence[str], width_ms: int) -> dict[str, Any]:

@@ -18,8 +18,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from matplotlib import dates
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+
+from replay.breakdown import format_duration
 
 __all__ = ["PLOTS", "write_plots"]
 
@@ -30,14 +33,6 @@ def _figure(rows: int = 1, cols: int = 1, *, height: float = 4.2, **kwargs: Any)
     fig = Figure(figsize=(8.5, height * rows), dpi=_DPI, layout="constrained")
     FigureCanvasAgg(fig)
     return fig, fig.subplots(rows, cols, squeeze=False, **kwargs)
-
-
-def _duration(ms: float) -> str:
-    for unit, size in (("d", 86_400_000), ("h", 3_600_000), ("min", 60_000), ("s", 1000)):
-        if ms >= size:
-            value = ms / size
-            return f"{value:g} {unit}" if value == int(value) else f"{value:.1f} {unit}"
-    return f"{ms:g} ms"
 
 
 def metric_over_time(doc: Mapping[str, Any], fig_path: Path) -> bool:
@@ -55,7 +50,7 @@ def metric_over_time(doc: Mapping[str, Any], fig_path: Path) -> bool:
         calib_ax.plot(times, _floats(values["calibration"]), marker="o", markersize=3,
                       label=name)
     auc_ax.set_ylabel("AUC (exact)")
-    auc_ax.set_title(f"Progressive validation per {_duration(width)} of event time")
+    auc_ax.set_title(f"Progressive validation per {format_duration(width)} of event time")
     auc_ax.legend(loc="best", fontsize="small")
     auc_ax.grid(alpha=0.3)
     calib_ax.axhline(1.0, color="grey", linewidth=1, linestyle="--")
@@ -66,6 +61,10 @@ def metric_over_time(doc: Mapping[str, Any], fig_path: Path) -> bool:
     bar_width = width / 86_400_000 * 0.9  # matplotlib's date unit is one day
     count_ax.bar(times, impressions, width=bar_width, color="tab:grey", label="impressions")
     count_ax.bar(times, clicks, width=bar_width, color="tab:red", label="clicks")
+    # Concise dates: a week of 6 h buckets would otherwise print overlapping full dates.
+    locator = dates.AutoDateLocator()
+    count_ax.xaxis.set_major_locator(locator)
+    count_ax.xaxis.set_major_formatter(dates.ConciseDateFormatter(locator))
     count_ax.set_ylabel("samples per bucket")
     count_ax.set_xlabel("event time (UTC)")
     count_ax.legend(loc="best", fontsize="small")
@@ -119,7 +118,7 @@ def label_delay(doc: Mapping[str, Any], fig_path: Path) -> bool:
     ax.set_xscale("log")
     window_s = delays["window_s"]
     ax.axvline(window_s, color="tab:red", linestyle="--",
-               label=f"attribution window ({_duration(window_s * 1000)})")
+               label=f"attribution window ({format_duration(window_s * 1000)})")
     late = delays["after_window"] / delays["clicks"] if delays["clicks"] else 0.0
     ax.set_title(f"Click delay after the impression ({delays['clicks']:,} clicks, "
                  f"{late:.1%} after the window)")

@@ -40,6 +40,7 @@ import polars as pl
 from rich.table import Table
 
 from replay import metrics
+from replay.breakdown import format_duration
 from replay.engine import Outcome
 from replay.plots import write_plots
 
@@ -317,8 +318,9 @@ def _breakdown_markdown(doc: Mapping[str, Any]) -> list[str]:
     series = doc.get("over_time")
     if series and series["start_ts"]:
         lines += ["", "## Metrics over time", "",
-                  f"Exact AUC and calibration of each learner per {series['width_ms'] // 60_000}"
-                  f" min bucket of impression time ({len(series['start_ts'])} buckets; "
+                  "Exact AUC and calibration of each learner per "
+                  f"{format_duration(series['width_ms'])} of impression time "
+                  f"({len(series['start_ts'])} buckets; "
                   "`over_time` in report.json has logloss too)."]
         if "metric_over_time.png" in plots:
             lines += ["", "![metrics over time](metric_over_time.png)"]
