@@ -68,16 +68,22 @@ _click_decoder = msgspec.json.Decoder(Click)
 _encoder = msgspec.json.Encoder()
 
 
-def decode_impression(raw: bytes | str) -> Impression:
-    """Decode and validate one JSON impression; raise :class:`InvalidEvent` on bad input."""
+def decode_impression(raw: bytes | str | None) -> Impression:
+    """Decode and validate one JSON impression; raise :class:`InvalidEvent` on bad input
+    (``None``, a Kafka record without a value — a tombstone — included)."""
+    if raw is None:
+        raise InvalidEvent("no value")
     try:
         return _impression_decoder.decode(raw)
     except msgspec.DecodeError as exc:  # ValidationError is a DecodeError
         raise InvalidEvent(str(exc)) from None
 
 
-def decode_click(raw: bytes | str) -> Click:
-    """Decode and validate one JSON click; raise :class:`InvalidEvent` on bad input."""
+def decode_click(raw: bytes | str | None) -> Click:
+    """Decode and validate one JSON click; raise :class:`InvalidEvent` on bad input
+    (``None`` included, as :func:`decode_impression`)."""
+    if raw is None:
+        raise InvalidEvent("no value")
     try:
         return _click_decoder.decode(raw)
     except msgspec.DecodeError as exc:

@@ -338,9 +338,7 @@ class _Sink:
         for message in messages:
             raw = message.value
             try:
-                if raw is None:
-                    raise InvalidEvent("no value")
-                event = decode(raw)
+                event = decode(raw)  # a tombstone (no value) is an InvalidEvent too
             except InvalidEvent as exc:
                 stamp = message.timestamp
                 if stamp is None or stamp < 0 or start <= stamp < stop:  # < 0: none set

@@ -69,6 +69,12 @@ def test_non_json_bytes_are_invalid_not_a_crash():
         decode_click(b"\xff\x00garbage")
 
 
+@pytest.mark.parametrize("decode", [decode_impression, decode_click])
+def test_a_record_without_a_value_is_invalid_not_a_crash(decode):
+    with pytest.raises(InvalidEvent, match=r"^no value$"):  # a Kafka tombstone
+        decode(None)
+
+
 def test_click_decodes_and_validates():
     assert decode_click(b'{"impression_id":"i1","user_id":"u1","ts":5}') == Click("i1", "u1", 5)
     with pytest.raises(InvalidEvent, match="impression_id"):

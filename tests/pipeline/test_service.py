@@ -30,7 +30,8 @@ pytestmark = pytest.mark.integration
 # The test stream spans about ten minutes of event time: a one-minute window lets the
 # learner see labels well before the end.
 JOIN = JoinerConfig(window_ms=60_000)
-BAD_IMPRESSIONS = [b"not json at all", b'{"impression_id": "x", "ts": 5}']
+# Not JSON, a missing field, and a tombstone (a record without a value).
+BAD_IMPRESSIONS = [b"not json at all", b'{"impression_id": "x", "ts": 5}', None]
 
 
 @pytest.fixture(scope="module")
@@ -59,7 +60,7 @@ def scrape(port: int) -> dict[str, float]:
 def produce_bad(bootstrap: str, topic: str) -> None:
     producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all")
     for raw in BAD_IMPRESSIONS:
-        producer.send(topic, raw)
+        producer.send(topic, raw, key=b"bad")  # Kafka takes a tombstone only with a key
     producer.flush()
     producer.close()
 
@@ -99,7 +100,7 @@ def test_prometheus_endpoint_reports_the_counts_that_were_produced(
                 break
         else:
             pytest.fail(f"metrics never reached the produced and replayed counts: {seen}")
-        assert seen[f'streamctr_events_rejected_total{{topic="{topics.impressions}"}}'] == 2
+        assert seen[f'streamctr_events_rejected_total{{topic="{topics.impressions}"}}'] == 3
         assert 0.5 < seen['streamctr_rolling_auc{learner="ftrl"}'] <= 1.0
         assert seen['streamctr_rolling_logloss{learner="ftrl"}'] > 0
         assert seen["streamctr_processing_lag_seconds"] > 0
@@ -116,8 +117,9 @@ def test_prometheus_endpoint_reports_the_counts_that_were_produced(
     letters = [json.loads(m.value) for m in dlq]
     dlq.close()
     bad = [d for d in letters if d["topic"] == topics.impressions]
-    assert [d["offset"] for d in bad] == [produced.impressions, produced.impressions + 1]
+    assert [d["offset"] for d in bad] == [produced.impressions + i for i in range(3)]
     assert "JSON" in bad[0]["reason"] and "missing required field" in bad[1]["reason"]
+    assert (bad[2]["reason"], bad[2]["record"]) == ("no value", None)
 
 
 def test_service_with_max_events_measures_exactly_what_replay_measures(
