@@ -175,7 +175,8 @@ class ServiceMetrics:
       ``consumer_lag.labels(topic).set(n)``, exported as ``partition="all"``);
     * :meth:`set_ready` — readiness (``/readyz``, ``streamctr_ready``);
     * :meth:`on_batch` — ``streamctr_batch_duration_seconds``;
-    * :meth:`on_checkpoint` / :meth:`on_checkpoint_failed` — checkpoint metrics;
+    * :meth:`on_checkpoint`, :meth:`on_checkpoint_restored`, :meth:`on_checkpoint_failed`
+      — checkpoint metrics;
     * :meth:`set_learner_device` — where the learner has no ``device`` attribute.
     """
 
@@ -484,6 +485,13 @@ class ServiceMetrics:
         self.checkpoint_size.set(size_bytes)
         self.checkpoint_last_success.set(self._clock() if written_at_s is None else written_at_s)
         self.checkpoints.labels("success").inc()
+
+    def on_checkpoint_restored(self, written_at_s: float, size_bytes: int | None = None) -> None:
+        """The service started from a checkpoint written at Unix time ``written_at_s``: until
+        the next one, that is the newest durable state (its age is what an operator sees)."""
+        self.checkpoint_last_success.set(written_at_s)
+        if size_bytes is not None:
+            self.checkpoint_size.set(size_bytes)
 
     def on_checkpoint_failed(self) -> None:
         """A checkpoint attempt raised (the previous one stays the newest durable)."""

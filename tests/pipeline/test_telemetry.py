@@ -149,6 +149,15 @@ def test_checkpoint_metrics_start_at_the_service_start_and_follow_each_checkpoin
     assert value(metrics, "streamctr_checkpoints_total", result="failure") == 1
 
 
+def test_a_restored_checkpoint_is_the_newest_durable_state_until_the_next_one():
+    metrics = ServiceMetrics(["ftrl"], clock=FakeClock(5_000.0))
+    metrics.on_checkpoint_restored(4_000.0, size_bytes=777)
+    assert value(metrics, "streamctr_checkpoint_last_success_timestamp_seconds") == 4_000.0
+    assert value(metrics, "streamctr_checkpoint_size_bytes") == 777
+    assert value(metrics, "streamctr_checkpoints_total", result="success") == 0
+    assert value(metrics, "streamctr_checkpoint_duration_seconds_count") == 0
+
+
 def test_batch_duration_histogram():
     metrics = ServiceMetrics(["ftrl"])
     for seconds in (0.002, 0.03, 0.03, 4.0):
