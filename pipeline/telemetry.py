@@ -7,9 +7,12 @@ so several services (or tests) can share a process. Its HTTP endpoint serves
 * ``/healthz`` — liveness: 200 while the service loop shows signs of life
   (:meth:`ServiceMetrics.heartbeat`, which :meth:`~ServiceMetrics.publish` calls
   about once a second), 503 once the loop has been silent for ``stall_after_s``;
-* ``/readyz`` — readiness: 503 until the service says it is ready with
-  :meth:`~ServiceMetrics.set_ready` (broker reachable, partitions assigned), 200 after,
-  503 again while it reports a reason not to be.
+* ``/readyz`` — readiness: 200 once the service says it is ready with
+  :meth:`~ServiceMetrics.set_ready` (broker reachable, partitions assigned), 503 before
+  and while it reports a reason not to be. Until the service first calls ``set_ready``,
+  readiness is inferred: ready while it reports the lag of assigned partitions (it can
+  only do so once partitions are assigned and their log end is known), at most
+  ``_IMPLICIT_READY_S`` seconds ago.
 
 Metric names follow Prometheus' conventions (base units, ``_total`` counters,
 ``_seconds``, ``_bytes``, timestamps rather than ages). Counters mirror the
@@ -69,6 +72,7 @@ _CLICK_OUTCOMES = {
 # Label delays: the replay report's edges (1 s … 30 days), without the 0 edge.
 _LABEL_DELAY_BUCKETS = tuple(float(e) for e in DELAY_EDGES_S if e > 0)
 _BATCH_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+_IMPLICIT_READY_S = 30.0
 _CHECKPOINT_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
 
 
@@ -120,6 +124,9 @@ class _PartitionLag(Collector):
         with self._lock:
             self._lags[key] = records
 
+    def __len__(self) -> int:
+        return len(self._lags)
+
     def collect(self) -> Iterator[GaugeMetricFamily]:
         family = GaugeMetricFamily(
             "streamctr_consumer_lag_records",
@@ -141,18 +148,19 @@ class _TopicLagShim:
     (per partition) replaces them.
     """
 
-    def __init__(self, lag: _PartitionLag) -> None:
-        self._lag = lag
+    def __init__(self, lag: _PartitionLag, on_set: Callable[[], None]) -> None:
+        self._lag, self._on_set = lag, on_set
 
     def labels(self, topic: str) -> _TopicLagShim._Child:
-        return _TopicLagShim._Child(self._lag, topic)
+        return _TopicLagShim._Child(self, topic)
 
     class _Child:
-        def __init__(self, lag: _PartitionLag, topic: str) -> None:
-            self._lag, self._topic = lag, topic
+        def __init__(self, shim: _TopicLagShim, topic: str) -> None:
+            self._shim, self._topic = shim, topic
 
         def set(self, records: float) -> None:
-            self._lag.set_one((self._topic, "all"), records)
+            self._shim._lag.set_one((self._topic, "all"), records)
+            self._shim._on_set()
 
 
 class _QuietHandler(WSGIRequestHandler):
@@ -237,7 +245,7 @@ class ServiceMetrics:
         )
         self._partition_lag = _PartitionLag()
         r.register(self._partition_lag)
-        self.consumer_lag = _TopicLagShim(self._partition_lag)
+        self.consumer_lag = _TopicLagShim(self._partition_lag, self._lag_reported)
         self.batch_duration = Histogram(
             "streamctr_batch_duration_seconds",
             "Wall time to process one batch of released records (join, score, learn)",
@@ -339,8 +347,10 @@ class ServiceMetrics:
                     self.set_learner_device(name, device)
         self._last_learner_stats: dict[str, Mapping[str, float]] = {}
         self._last_stats = JoinStats()
-        self._ready = False
-        self._not_ready_reason = "starting: no partitions assigned yet"
+        self._ready: bool | None = None  # None: set_ready never called, readiness inferred
+        self._not_ready_reason = ""
+        self._lag_reported_at: float | None = None
+        self.ready.set_function(lambda: 1.0 if self.readiness()[0] else 0.0)
         self._last_heartbeat = started
         self._server: WSGIServer | None = None
         self._thread: threading.Thread | None = None
@@ -400,13 +410,21 @@ class ServiceMetrics:
         a reason (``"broker unreachable: …"``) while it does not."""
         self._ready = bool(ready)
         self._not_ready_reason = "" if ready else (reason or "not ready")
-        self.ready.set(1 if ready else 0)
 
     def readiness(self) -> tuple[bool, str]:
         """(ready, text) as ``/readyz`` answers."""
+        if self._ready is None:  # inferred from lag reports (see the module doc)
+            at = self._lag_reported_at
+            if at is not None and self._clock() - at <= _IMPLICIT_READY_S and \
+                    len(self._partition_lag):
+                return True, "ready (partitions assigned)"
+            return False, "not ready: no partitions assigned yet"
         if self._ready:
             return True, "ready"
         return False, f"not ready: {self._not_ready_reason}"
+
+    def _lag_reported(self) -> None:
+        self._lag_reported_at = self._clock()
 
     # -- feeding -------------------------------------------------------------------------
 
@@ -472,6 +490,7 @@ class ServiceMetrics:
         """
         self._partition_lag.replace({(topic, str(partition)): max(0, records)
                                      for (topic, partition), records in lags.items()})
+        self._lag_reported()
 
     def on_batch(self, seconds: float) -> None:
         """One batch of released records went through the engine in ``seconds``."""

@@ -133,6 +133,13 @@ def test_prometheus_scrapes_the_service_and_answers_queries(kafka_bootstrap, kaf
 
         wait_for("Prometheus to show every produced record consumed", consumed, 60, service)
 
+        def ready() -> bool:  # partitions assigned: /readyz answers 200, the gauge says 1
+            samples = query(base, "streamctr_ready")["data"]["result"]
+            return bool(samples) and float(samples[0]["value"][1]) == 1.0
+
+        wait_for("streamctr_ready == 1 in Prometheus", ready, 15, service)
+        health = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/healthz", timeout=5)
+        assert health.status == 200
         up = query(base, 'up{job="streamctr"}')["data"]["result"]
         assert [float(s["value"][1]) for s in up] == [1.0]
         built = query(base, "streamctr_build_info")["data"]["result"]
