@@ -25,10 +25,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
+import polars as pl
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+import learners  # noqa: E402
+from features.importers import import_dataset  # noqa: E402
 from replay import metrics  # noqa: E402
 from replay.run import run_replay  # noqa: E402
 from replay.synthetic import generate, write_stream  # noqa: E402
@@ -72,17 +75,96 @@ def bench_generator(runs: int, n_events: int) -> list[str]:
     ]
 
 
-def bench_replay(runs: int, data: Path, n_events: int) -> list[str]:
-    seconds = median_time(
-        lambda: run_replay(data, ["ftrl"], None, show_progress=False), runs)
-    return [
+# Captured before bench/quality.py registers its ablations in the same registry.
+ALL_LEARNERS = tuple(learners.LEARNERS)
+
+
+def _time_prefix(src: Path, out: Path, max_events: int) -> int:
+    """Write to ``out`` the replay folder ``src`` cut to its first ``max_events`` events by
+    event time (the events at the cut's timestamp left out too, so a click never loses
+    its impression); return how many events ``src`` has."""
+    impressions = pl.read_parquet(src / "impressions.parquet")
+    clicks = pl.read_parquet(src / "clicks.parquet")
+    ts = pl.concat([impressions["ts"], clicks["ts"]]).sort()
+    if len(ts) > max_events:
+        cut = ts[max_events]
+        impressions = impressions.filter(pl.col("ts") < cut)
+        clicks = clicks.filter(pl.col("ts") < cut)
+    out.mkdir(parents=True)
+    impressions.write_parquet(out / "impressions.parquet")
+    clicks.write_parquet(out / "clicks.parquet")
+    return len(ts)
+
+
+def bench_replay(runs: int, data: Path, max_events: int) -> list[str]:
+    """Replay throughput, FTRL alone and all learners in one pass, on the synthetic stream
+    and the real slices bench/quality.py imports, each cut to ``max_events`` events."""
+    sets = {"ftrl": ["ftrl"], ", ".join(ALL_LEARNERS): list(ALL_LEARNERS)}
+    load_before = os.getloadavg()[0]
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        folders = {"synthetic": Path(tmp) / "synthetic"}
+        full = {"synthetic": _time_prefix(data, folders["synthetic"], max_events)}
+        for name, (dataset, source) in quality_bench.REAL.items():
+            if source.exists():
+                import_dataset(dataset, source, Path(tmp) / f"{dataset}-full")
+                folders[name] = Path(tmp) / dataset
+                full[name] = _time_prefix(Path(tmp) / f"{dataset}-full", folders[name],
+                                          max_events)
+        for name, folder in folders.items():
+            for label, names in sets.items():
+                print(f"bench: replay: {name}, {label}", file=sys.stderr, flush=True)
+                walls, per_learner, shares = [], {k: [] for k in names}, []
+                for _ in range(runs):
+                    start = time.perf_counter()
+                    result = run_replay(folder, names, None, show_progress=False,
+                                        modes=("wait",))
+                    walls.append(time.perf_counter() - start)
+                    for k in names:
+                        per_learner[k].append(result.learners[k]["throughput_eps"])
+                    # The learners' own seconds: samples scored over their throughput.
+                    shares.append(sum(result.outcomes.height / result.learners[k][
+                        "throughput_eps"] for k in names) / walls[-1])
+                events = result.events["impressions_read"] + result.events["clicks_read"]
+                rows.append((name, events, full[name], label, walls, per_learner, shares))
+    lines = [
         "## Replay end to end",
         "",
-        f"`streamctr replay` of {n_events:,} events (read + validate Parquet, event-time "
-        f"merge, join, FTRL predict + learn, metrics): **{seconds:.1f} s**, "
-        f"{n_events / seconds:,.0f} events/s, median of {runs} runs.",
+        f"`run_replay(folder, learners, None, modes=(\"wait\",))`, the code path of "
+        f"`streamctr replay` (read + validate Parquet, event-time merge, join, every "
+        f"learner's predict + learn, metrics), FTRL alone and all learners "
+        f"(`learners.LEARNERS`) in one pass. The synthetic stream and the MIND and Taobao "
+        f"slices imported as `bench/quality.py` imports them, each cut to its first "
+        f"{max_events:,} events by event time (at most: events at the cut's time stay "
+        f"out; the events column says of how many). "
+        + (f"Median of {runs} runs in one process" if runs > 1 else "One run") +
+        " (the first run of a process also loads or compiles the numba kernels).",
+        "",
+        "| dataset | events | learners | wall s (min–max) | events/s | per-learner "
+        "throughput (impressions/s) | learners' share of wall |",
+        "|---|---:|---|---:|---:|---|---:|",
+    ]
+    for name, events, of, label, walls, per_learner, shares in rows:
+        wall = statistics.median(walls)
+        each = " · ".join(f"{k} {statistics.median(v):,.0f}" for k, v in per_learner.items())
+        lines.append(f"| {name} | {events:,} of {of:,} | {label} | {wall:.1f} ({min(walls):.1f}–"
+                     f"{max(walls):.1f}) | {events / wall:,.0f} | {each} | "
+                     f"{statistics.median(shares):.0%} |")
+    lines += [
+        "",
+        "events/s is impressions + clicks over the replay's wall time. A learner's "
+        "throughput is the impressions it scored and learned per second of its own time "
+        "(`throughput_eps` of the report); the share column is the learners' summed own "
+        "time over the wall time, the rest being reading, the event-time merge, the join "
+        "and the metrics.",
+        "",
+        f"Noise: {os.cpu_count()} cores shared with other work (load average "
+        f"{load_before:.1f} when this "
+        f"section started, {os.getloadavg()[0]:.1f} when it ended); the min–max spread "
+        "of the wall times shows how much a run moved.",
         "",
     ]
+    return lines
 
 
 def bench_service(data: Path, n_events: int) -> list[str]:
@@ -194,7 +276,7 @@ def main() -> int:
     sections: list[str] = []
     with tempfile.TemporaryDirectory() as tmp:
         data = Path(tmp) / "stream"
-        replay_events = 200_000 // scale
+        replay_events = 200_000 // scale  # the service section's stream
         write_stream(generate(replay_events, seed=0), data)
         benches = [
             ("generator", lambda: bench_generator(runs, 1_000_000 // scale)),
@@ -204,7 +286,7 @@ def main() -> int:
                 quality_bench.measure(list(quality_bench.DEFAULT_LEARNERS), 200_000 // scale),
                 list(quality_bench.DEFAULT_LEARNERS))),
             ("din", lambda: din_bench.run(runs, quick=args.quick)),
-            ("replay", lambda: bench_replay(runs, data, replay_events)),
+            ("replay", lambda: bench_replay(runs, data, 100_000 // scale)),
             ("service", lambda: bench_service(data, replay_events)),
             ("auc", lambda: bench_auc(runs, 10_000_000 // scale)),
             ("joiner", lambda: joiner_bench.markdown(
