@@ -131,13 +131,15 @@ def test_prometheus_scrapes_the_service_and_answers_queries(kafka_bootstrap, kaf
             return got == {topics.impressions: produced.impressions,
                            topics.clicks: produced.clicks}
 
-        wait_for("Prometheus to show every produced record consumed", consumed, 60, service)
+        # Generous limits: on a fresh checkout the service first compiles the joiner's
+        # kernel (numba, tens of seconds), with the loop blocked; warm, both take seconds.
+        wait_for("Prometheus to show every produced record consumed", consumed, 120, service)
 
         def ready() -> bool:  # partitions assigned: /readyz answers 200, the gauge says 1
             samples = query(base, "streamctr_ready")["data"]["result"]
             return bool(samples) and float(samples[0]["value"][1]) == 1.0
 
-        wait_for("streamctr_ready == 1 in Prometheus", ready, 15, service)
+        wait_for("streamctr_ready == 1 in Prometheus", ready, 120, service)
         health = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/healthz", timeout=5)
         assert health.status == 200
         up = query(base, 'up{job="streamctr"}')["data"]["result"]
