@@ -51,6 +51,7 @@ def _load(name: str, path: Path):
 
 learners_bench = _load("bench_learners", Path(__file__).parent / "learners.py")
 din_bench = _load("bench_din", Path(__file__).parent / "din.py")
+soak_bench = _load("bench_soak", Path(__file__).parent / "soak.py")
 
 
 def median_time(fn: Callable[[], object], runs: int) -> float:
@@ -235,7 +236,8 @@ def bench_auc(runs: int, n: int) -> list[str]:
     ]
 
 
-SECTIONS = ("generator", "learners", "quality", "din", "replay", "service", "auc", "joiner")
+SECTIONS = ("generator", "learners", "quality", "din", "replay", "service", "auc", "joiner",
+            "soak")
 
 
 def _split(lines: list[str]) -> tuple[list[str], dict[str, list[str]]]:
@@ -292,6 +294,7 @@ def main() -> int:
             ("joiner", lambda: joiner_bench.markdown(
                 joiner_bench.throughput(runs, 10_000_000 // scale, 200_000 // scale),
                 joiner_bench.store_memory(10_000_000 // scale), runs)),
+            ("soak", lambda: soak_bench.markdown(soak_bench.measure(400_000 // scale))),
         ]
         for name, run in benches:
             if args.only is None or name in args.only:
