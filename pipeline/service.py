@@ -6,27 +6,49 @@ merge of the partitions → :class:`~replay.engine.OnlineEngine` (the same joine
 and learners as ``streamctr replay``) → Prometheus metrics, optional
 ``samples`` topic.
 
-Lifecycle. :meth:`Service.request_stop` (wired to SIGTERM/SIGINT by the CLI) is
-safe from a signal handler: it only sets a flag that the loop checks between
-polls, so a stop takes at most one poll timeout plus the shutdown. A checkpoint
-is taken every ``checkpoint_interval_s`` and on stop, in this order:
+Exactly-once effect. The service's state — the learners and the engine (joiner:
+open windows, held clicks, events waiting at the watermark, behaviour store,
+counters; open impressions' scores) — and the offset of every partition it has
+*processed* (never those only buffered in the merge) are saved together in one
+checkpoint (:mod:`pipeline.checkpoint`: ``DIR/ckpt-<id>/``, one ``.npz`` per part
+and a manifest with SHA-256 checksums, the offsets and the record count; written
+to a staging folder, fsynced, renamed; the last ``checkpoint_keep`` kept). A
+checkpoint is taken every ``checkpoint_interval_s``, when partitions are revoked,
+and on stop, always between two batches and in this order:
 
 1. flush the producers, so every DLQ and samples record of processed input is
-   acknowledged;
-2. write the checkpoint — learners, the engine (joiner state: open windows, held
-   clicks, behaviour store, counters; open impressions' scores) and the offsets of
-   the records *processed* (never those only buffered in the merge) — in one
-   atomic rename;
-3. commit those offsets to the consumer group (for lag monitoring and for a
-   restart without a checkpoint folder).
+   acknowledged (if they cannot be flushed in ``flush_timeout_s``, no checkpoint);
+2. write the checkpoint and make it durable;
+3. commit the same offsets to the consumer group — only for lag monitoring: where
+   to read is always taken from the checkpoint.
 
-On start the service restores the checkpoint and, as partitions are assigned,
-seeks them to the checkpoint's offsets, so its state and its input position
-always belong together.
+On start the service restores the newest valid checkpoint (a corrupt or partial
+one is skipped with a warning, the one before it used) and, as partitions are
+assigned, seeks each to the checkpoint's offset — to its beginning if the
+checkpoint has none for it. So state and input position always belong together:
+a restart after a crash, at any point, re-reads exactly the records the restored
+state has not taken in, and ends in the same model as an uninterrupted run
+(``tests/pipeline/test_recovery.py``). What is *produced* (DLQ, samples) is
+at-least-once: records produced after the last checkpoint are produced again.
 
-With ``max_events`` the service stops after that many records as if the input had
-ended: the merge is drained and every open window closes, so its metrics cover
-the same samples a replay of those records would.
+Revocation. ``on_partitions_revoked`` (a rebalance, or closing) writes a
+checkpoint first, then drops the revoked partitions' records buffered in the merge;
+they are read again from the processed offset wherever the partitions go next.
+
+Lifecycle. :meth:`Service.request_stop` (wired to SIGTERM/SIGINT by the CLI) is
+safe from a signal handler: it only sets a flag that the loop checks between
+batches (at most ``max_poll_records`` records go to the engine at once, however
+many the merge releases), so the batch in hand is finished, then the final
+checkpoint is written and the service exits; a stop takes one poll timeout, one
+batch, one checkpoint and the clients' close (bounded by ``flush_timeout_s`` and
+``close_timeout_s``).
+If the loop fails in the middle of a batch, no checkpoint of that half-applied
+state is written: the previous one stands.
+
+With ``max_events`` the service stops once its state has taken in that many
+records — counted over restarts, since the checkpoint holds the count — as if the
+input had ended: the merge is drained and every open window closes, so its metrics
+cover the same samples a replay of those records would.
 
 One service instance owns all partitions of its topics: the joiner's state is
 not split per partition, so several instances in one group would each see only
@@ -45,12 +67,13 @@ from typing import Any
 
 import msgspec
 from kafka import ConsumerRebalanceListener, KafkaConsumer, KafkaProducer, TopicPartition
+from kafka.errors import KafkaError, KafkaTimeoutError
 from kafka.structs import OffsetAndMetadata
 
 from features.events import Click, Impression, InvalidEvent, decode_click, decode_impression
 from features.joiner import JoinerConfig
 from learners import Learner, make_learner
-from pipeline.checkpoint import has_checkpoint, load_checkpoint, save_checkpoint
+from pipeline.checkpoint import CheckpointError, CheckpointStore, CheckpointWritten, Restored
 from pipeline.merge import EventTimeMerger
 from pipeline.telemetry import ServiceMetrics
 from replay.engine import OnlineEngine, Outcome, OutcomeCallback
@@ -89,6 +112,9 @@ class ServiceConfig:
     poll_timeout_ms: int = 200
     max_poll_records: int = 5_000
     checkpoint_interval_s: float = 60.0
+    checkpoint_keep: int = 3  # checkpoints kept in checkpoint_dir
+    flush_timeout_s: float = 30.0  # producers' flush before a checkpoint
+    close_timeout_s: float = 10.0  # consumer's and producer's close at the end
     max_buffered_per_partition: int = 50_000
     rolling_window: int = 10_000
 
@@ -97,6 +123,11 @@ class ServiceConfig:
             raise ValueError("at least one learner is needed")
         if self.max_events is not None and self.max_events < 1:
             raise ValueError(f"max_events must be >= 1, got {self.max_events}")
+        if not self.checkpoint_interval_s > 0:
+            raise ValueError(f"checkpoint_interval_s must be > 0, got "
+                             f"{self.checkpoint_interval_s}")
+        if self.checkpoint_keep < 1:
+            raise ValueError(f"checkpoint_keep must be >= 1, got {self.checkpoint_keep}")
 
 
 @dataclass(frozen=True)
@@ -110,6 +141,9 @@ class ServiceSummary:
     wall_seconds: float
     seconds_to_first_record: float | None  # group join and first fetch
     learner_seconds: dict[str, float]
+    records_total: int = 0  # records the state has taken in, over restarts
+    restored: int | None = None  # id of the checkpoint restored at start
+    checkpoint: CheckpointWritten | None = None  # the last one written
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,24 +151,28 @@ class _Record:
     event: Impression | Click | None  # None: rejected, only its offset moves on
     partition: TopicPartition
     offset: int
+    ts: int  # its place in the merge
 
 
 class _SeekToCheckpoint(ConsumerRebalanceListener):
-    """On assignment, move each partition to where the restored state ends."""
+    """Checkpoint before partitions go; seek each assigned one to where the state ends.
+
+    kafka-python calls these on its IO thread while the service's thread waits in
+    ``poll`` (or ``close``), so the engine is between two batches.
+    """
 
     def __init__(self, service: Service) -> None:
         self._service = service
 
     def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
-        pass
+        self._service._on_revoked(set(revoked))
+
+    def on_partitions_lost(self, lost: set[TopicPartition]) -> None:
+        # The group moved on without us: our state and offsets still belong together.
+        self._service._on_revoked(set(lost))
 
     def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
-        service = self._service
-        assert service._consumer is not None
-        for tp in assigned:
-            offset = service._resume.get(f"{tp.topic}/{tp.partition}")
-            if offset is not None and tp not in service._processed:
-                service._consumer.seek(tp, offset)
+        self._service._on_assigned(set(assigned))
 
 
 class Service:
@@ -160,9 +198,28 @@ class Service:
             self.learners, config.joiner, on_outcome=callbacks, on_orphan=[self._reject_orphan]
         )
         self._resume: dict[str, int] = {}  # "topic/partition" -> next offset to read
-        if config.checkpoint_dir is not None and has_checkpoint(config.checkpoint_dir):
-            self._resume = load_checkpoint(config.checkpoint_dir, self._stateful_parts())
-            log.info("restored state from %s", config.checkpoint_dir)
+        self._records = 0  # records (valid or rejected) the state has taken in, ever
+        self._store: CheckpointStore | None = None
+        self._restored: Restored | None = None
+        if config.checkpoint_dir is not None:
+            self._store = CheckpointStore(config.checkpoint_dir, keep=config.checkpoint_keep)
+            self._restored = self._store.restore(self._stateful_parts())
+            if self._restored is not None:
+                ckpt = self._restored.checkpoint
+                self._resume = self._restored.offsets
+                self._records = self._restored.records
+                log.info("restored checkpoint %s: %s records, offsets %s", ckpt.path,
+                         f"{self._records:,}", self._resume)
+                self.metrics.on_checkpoint_restored(ckpt.written_at_ms / 1000, ckpt.size_bytes)
+            else:
+                log.info("no checkpoint in %s: fresh state, every partition read from its "
+                         "beginning", config.checkpoint_dir)
+        self.last_checkpoint: CheckpointWritten | None = None  # the last one written
+        self._merger: EventTimeMerger[_Record] = EventTimeMerger()
+        self._dirty = False  # state changed since the last checkpoint (or the restore)
+        self._consistent = True  # False while a batch is half-applied
+        self._commit_due = False  # a checkpoint whose offsets are not committed yet
+        self._closing = False
         self._on_progress = on_progress
         self._stop = threading.Event()
         self._stopped_by = "max-events"
@@ -188,6 +245,8 @@ class Service:
         """Consume until stopped or ``max_events`` records were read; then shut down cleanly."""
         cfg = self.config
         started = time.monotonic()
+        if self._store is not None:
+            self._store.lock()  # one writer per checkpoint folder
         if cfg.metrics_port is not None:
             self.metrics.serve(cfg.metrics_port)
         self._producer = KafkaProducer(
@@ -206,8 +265,10 @@ class Service:
                                  listener=_SeekToCheckpoint(self))
         try:
             self._loop()
-        finally:
-            self._shutdown()
+        except BaseException:
+            self._shutdown(failed=True)
+            raise
+        self._shutdown(failed=False)
         return ServiceSummary(
             consumed=dict(self._consumed),
             rejected=dict(self._rejected),
@@ -217,44 +278,75 @@ class Service:
             seconds_to_first_record=(None if self._first_record_at is None
                                      else self._first_record_at - started),
             learner_seconds=dict(self.engine.learner_seconds),
+            records_total=self._records,
+            restored=None if self._restored is None else self._restored.checkpoint.id,
+            checkpoint=self.last_checkpoint,
         )
 
     def _loop(self) -> None:
         cfg = self.config
         consumer = self._consumer
         assert consumer is not None
-        merger: EventTimeMerger[_Record] = EventTimeMerger()
-        remaining = cfg.max_events
+        if cfg.max_events is not None and self._records >= cfg.max_events:
+            log.info("the restored state has taken in %s records already (max_events %s)",
+                     f"{self._records:,}", f"{cfg.max_events:,}")
         next_publish = next_checkpoint = time.monotonic()
         next_checkpoint += cfg.checkpoint_interval_s
         while not self._stop.is_set():
-            batch_limit = (cfg.max_poll_records if remaining is None
-                           else min(cfg.max_poll_records, remaining))
-            polled = consumer.poll(timeout_ms=cfg.poll_timeout_ms, max_records=batch_limit)
+            # Records still wanted: those not taken in by the state nor buffered in the merge
+            # (buffered ones of revoked partitions are dropped and read again).
+            wanted = (None if cfg.max_events is None
+                      else cfg.max_events - self._records - len(self._merger))
+            polled: dict[TopicPartition, list[Any]] = {}
+            if wanted is None or wanted > 0:
+                limit = cfg.max_poll_records if wanted is None else min(cfg.max_poll_records,
+                                                                         wanted)
+                polled = consumer.poll(timeout_ms=cfg.poll_timeout_ms, max_records=limit)
             if polled and self._first_record_at is None:
                 self._first_record_at = time.monotonic()
+            merger = self._merger  # after poll: a revocation in it may have replaced it
             for tp, messages in polled.items():
                 merger.add(tp, self._rank(tp), self._decode(tp, messages))
-                if remaining is not None:
-                    remaining -= len(messages)
+            if self._commit_due:
+                self._commit()
             self._throttle(consumer, merger)
-            done = remaining is not None and remaining <= 0
+            done = (cfg.max_events is not None
+                    and self._records + len(merger) >= cfg.max_events)
             assigned = consumer.assignment()
             caught_up = {tp for tp in assigned if self._caught_up(consumer, tp)}
-            self._process(list(merger.drain(caught_up, assigned, force=done)))
-            if assigned and caught_up == assigned and not polled and not len(merger):
+            released = list(merger.drain(caught_up, assigned, force=done))
+            # Over a backlog the merge may release a great many records at once: they go to
+            # the engine in batches of at most max_poll_records, with the stop flag and the
+            # checkpoint clock looked at between two, so a stop waits for one batch only.
+            # Released records not processed when stopping are simply read again.
+            for start in range(0, len(released), cfg.max_poll_records):
+                self._process(released[start:start + cfg.max_poll_records])
+                next_checkpoint = self._checkpoint_if_due(next_checkpoint)
+                if self._stop.is_set():
+                    break
+            if self._stop.is_set():
+                break
+            if (assigned and caught_up == assigned and not polled and not len(merger)
+                    and self.engine.joiner.waiting):
                 # Read to the end of every partition (not merely not assigned yet).
-                self.engine.idle()
+                self._apply(self.engine.idle)
+            next_checkpoint = self._checkpoint_if_due(next_checkpoint)
             now = time.monotonic()
             if now >= next_publish:
                 self._publish_metrics(consumer, assigned)
                 next_publish = now + 1.0
-            if cfg.checkpoint_dir is not None and now >= next_checkpoint:
-                self._checkpoint()
-                next_checkpoint = now + cfg.checkpoint_interval_s
             if done:
-                self.engine.finish()
+                self._apply(self.engine.finish)
                 break
+
+    def _checkpoint_if_due(self, due: float) -> float:
+        """The periodic checkpoint, if its time has come; returns when the next one is due."""
+        if self._store is None or time.monotonic() < due:
+            return due
+        self._checkpoint("interval", required=False)
+        if self._commit_due:
+            self._commit()
+        return time.monotonic() + self.config.checkpoint_interval_s
 
     def _rank(self, tp: TopicPartition) -> int:
         # Impressions before clicks on equal event times, as in replay.
@@ -273,10 +365,10 @@ class Service:
                 self._reject(tp.topic, tp.partition, message.offset, str(exc), message.value)
                 # It still passes through the merge (at its predecessor's time), so its
                 # offset is committed only after every earlier record was processed.
-                out.append((ts, _Record(None, tp, message.offset)))
+                out.append((ts, _Record(None, tp, message.offset, ts)))
                 continue
             ts = event.ts
-            out.append((ts, _Record(event, tp, message.offset)))
+            out.append((ts, _Record(event, tp, message.offset, ts)))
         self._last_ts[tp] = ts
         if self._on_progress is not None:
             self._on_progress(len(messages))
@@ -284,7 +376,10 @@ class Service:
 
     def _process(self, records: list[_Record]) -> None:
         """Hand the released records to the engine as one batch; then they count as processed."""
+        if not records:
+            return
         events = [r.event for r in records if r.event is not None]
+        self._consistent = False
         if events:
             self.engine.process(events)  # type: ignore[arg-type]
             newest = max(e.ts for e in events)
@@ -292,6 +387,16 @@ class Service:
                 self._newest_ts = newest
         for record in records:
             self._processed[record.partition] = record.offset + 1
+        self._records += len(records)
+        self._dirty = True
+        self._consistent = True
+
+    def _apply(self, step: Callable[[], None]) -> None:
+        """Run an engine step that changes the state outside a batch (idle, finish)."""
+        self._consistent = False
+        step()
+        self._dirty = True
+        self._consistent = True
 
     def _throttle(self, consumer: KafkaConsumer, merger: EventTimeMerger[_Record]) -> None:
         """Pause partitions far ahead of the others so the merge's buffers stay bounded."""
@@ -357,28 +462,156 @@ class Service:
         return {"engine": self.engine,
                 **{f"learner.{name}": learner for name, learner in self.learners.items()}}
 
-    def _checkpoint(self) -> None:
-        """Producers flushed, then state + processed offsets saved, then offsets committed."""
-        assert self._producer is not None and self._consumer is not None
-        self._producer.flush()
-        if self.config.checkpoint_dir is not None:
-            offsets = {**self._resume,
-                       **{f"{tp.topic}/{tp.partition}": o for tp, o in self._processed.items()}}
-            save_checkpoint(self.config.checkpoint_dir, self._stateful_parts(), offsets)
-        if self._processed:
-            self._consumer.commit(
-                {tp: OffsetAndMetadata(offset, "", -1) for tp, offset in self._processed.items()}
-            )
+    def _offsets(self) -> dict[str, int]:
+        """Next offset to read of every partition the state knows, "topic/partition" keyed."""
+        return {**self._resume,
+                **{f"{tp.topic}/{tp.partition}": o for tp, o in self._processed.items()}}
 
-    def _shutdown(self) -> None:
+    def _offset_of(self, tp: TopicPartition) -> int | None:
+        offset = self._processed.get(tp)
+        return offset if offset is not None else self._resume.get(f"{tp.topic}/{tp.partition}")
+
+    def _checkpoint(self, reason: str, *, required: bool) -> bool:
+        """Producers flushed, then state + processed offsets made durable; commit is due.
+
+        Returns whether a checkpoint now holds the current state. Between batches only.
+        A flush that times out or a write that fails (disk full …) means no checkpoint:
+        raised if ``required`` (at stop), else logged, counted and tried again at the next
+        interval (the state is still in memory). Without a checkpoint folder only the flush
+        and the commit happen (a restart then reads on from the group's offsets, with fresh
+        state).
+        """
+        if not self._dirty:
+            if reason == "stop" and self._store is not None:
+                log.info("state unchanged since checkpoint %s: none written on stop",
+                         self._newest_checkpoint_id())
+            return True
+        if not self._consistent:
+            log.error("no checkpoint (%s): the engine stopped in the middle of a batch; "
+                      "checkpoint %s stands", reason, self._newest_checkpoint_id())
+            return False
+        assert self._producer is not None
+        started = time.perf_counter()
+        try:
+            self._producer.flush(timeout=self.config.flush_timeout_s)
+        except KafkaTimeoutError:
+            self.metrics.on_checkpoint_failed()
+            if required:
+                raise
+            log.warning("no checkpoint (%s): producers not flushed within %.0f s; trying "
+                        "again in %.0f s", reason, self.config.flush_timeout_s,
+                        self.config.checkpoint_interval_s)
+            return False
+        if self._store is None:
+            self._dirty = False
+            self._commit_due = True
+            return False
+        try:
+            written = self._store.write(self._stateful_parts(), self._offsets(), self._records)
+        except (OSError, CheckpointError) as exc:
+            self.metrics.on_checkpoint_failed()
+            if required:
+                raise
+            log.error("no checkpoint (%s): %s; checkpoint %s stands, trying again in %.0f s",
+                      reason, exc, self._newest_checkpoint_id(),
+                      self.config.checkpoint_interval_s)
+            return False
+        self.last_checkpoint = written
+        self._dirty = False
+        self._commit_due = True
+        took = time.perf_counter() - started
+        self.metrics.on_checkpoint(took, written.size_bytes, written.written_at_ms / 1000)
+        log.info("checkpoint %s written (%s): %s records, %.1f MB in %.2f s", written.path.name,
+                 reason, f"{self._records:,}", written.size_bytes / 1e6, took)
+        return True
+
+    def _newest_checkpoint_id(self) -> int | None:
+        if self.last_checkpoint is not None:
+            return self.last_checkpoint.id
+        return None if self._restored is None else self._restored.checkpoint.id
+
+    def _commit(self) -> None:
+        """Commit the checkpointed offsets of the assigned partitions (lag monitoring only)."""
+        self._commit_due = False
+        consumer = self._consumer
+        assert consumer is not None
+        offsets = {tp: OffsetAndMetadata(o, "", -1) for tp in consumer.assignment()
+                   if (o := self._committable.get(tp)) is not None}
+        if not offsets:
+            return
+        try:
+            consumer.commit(offsets)
+        except KafkaError as exc:  # the checkpoint holds the truth; the group only shows lag
+            log.warning("offset commit to group %s failed (%s); the checkpoint holds them",
+                        self.config.group_id, exc)
+
+    @property
+    def _committable(self) -> dict[TopicPartition, int]:
+        """The offsets of the last checkpoint (or restore), by partition."""
+        out = {}
+        for key, offset in self._offsets().items():
+            topic, _, partition = key.rpartition("/")
+            out[TopicPartition(topic, int(partition))] = offset
+        return out
+
+    def _on_revoked(self, revoked: set[TopicPartition]) -> None:
+        """Rebalance listener: checkpoint first, then forget what is buffered of ``revoked``."""
+        if not revoked:
+            return
+        # On kafka-python's IO thread: no blocking consumer call here, so the commit waits
+        # for the loop (right after this poll returns). On close, the stop checkpoint was
+        # written (or deliberately not) just before.
+        if not self._closing:
+            self._checkpoint(f"{len(revoked)} partition(s) revoked", required=False)
+        if any(self._merger.buffered(tp) for tp in revoked):
+            # Rebuild the merge without them (order within each kept partition is kept).
+            kept: dict[TopicPartition, list[tuple[int, _Record]]] = {}
+            for record in self._merger.drain((), force=True):
+                if record.partition not in revoked:
+                    kept.setdefault(record.partition, []).append((record.ts, record))
+            self._merger = EventTimeMerger()
+            for tp, records in kept.items():
+                self._merger.add(tp, self._rank(tp), records)
+
+    def _on_assigned(self, assigned: set[TopicPartition]) -> None:
+        """Rebalance listener: read each new partition from where the state ends."""
+        consumer = self._consumer
+        assert consumer is not None
+        fresh = []
+        for tp in assigned:
+            if self._merger.buffered(tp):
+                continue  # still ours, read on from after what is buffered
+            offset = self._offset_of(tp)
+            if offset is not None:
+                consumer.seek(tp, offset)
+            elif self._store is not None:
+                fresh.append(tp)  # the state has seen none of it: all of it
+        if fresh:
+            consumer.seek_to_beginning(*fresh)
+
+    def _shutdown(self, failed: bool) -> None:
+        """Final checkpoint (unless the state is half-applied), then close the clients."""
+        cfg = self.config
         try:
             if self._consumer is not None and self._producer is not None:
-                self._checkpoint()
-                self._publish_metrics(self._consumer, self._consumer.assignment())
+                try:
+                    self._checkpoint("stop", required=True)
+                    if self._commit_due:
+                        self._commit()
+                    self._publish_metrics(self._consumer, self._consumer.assignment())
+                except Exception:
+                    if not failed:
+                        raise
+                    log.exception("no final checkpoint")
         finally:
-            if self._consumer is not None:
-                self._consumer.close(autocommit=False)
-            if self._producer is not None:
-                self._producer.close(timeout=10)
-            self.metrics.close()
-
+            self._closing = True
+            try:
+                if self._consumer is not None:
+                    self._consumer.close(autocommit=False,
+                                         timeout_ms=int(cfg.close_timeout_s * 1000))
+                if self._producer is not None:
+                    self._producer.close(timeout=cfg.close_timeout_s)
+            finally:
+                self.metrics.close()
+                if self._store is not None:
+                    self._store.unlock()
