@@ -187,6 +187,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         learners=args.learners,
         learner_params=learner_params(args.config, LEARNERS),
         checkpoint_dir=args.checkpoint_dir,
+        checkpoint_interval_s=args.checkpoint_interval / 1000,
+        checkpoint_keep=args.checkpoint_keep,
         metrics_port=args.metrics_port,
         max_events=args.max_events,
         group_id=args.group_id,
@@ -204,7 +206,30 @@ def cmd_serve(args: argparse.Namespace) -> int:
           f"samples {summary.join['samples_positive']:,} positive / "
           f"{summary.join['samples_negative']:,} negative; "
           f"rejected {sum(summary.rejected.values()):,}")
+    if args.checkpoint_dir is not None:
+        newest = summary.checkpoint.path.name if summary.checkpoint else (
+            f"ckpt-{summary.restored:09d}" if summary.restored else "none")
+        print(f"state: {summary.records_total:,} records, in checkpoint {newest}")
     return 0
+
+
+def cmd_checkpoint(args: argparse.Namespace) -> int:
+    import json
+
+    from pipeline.checkpoint import describe_folder, render_listing
+
+    listing = describe_folder(args.dir)  # CheckpointError (exit 2) when there is none
+    print(json.dumps(listing, indent=2) if args.json else render_listing(listing))
+    if listing["newest_valid"] is None:
+        print(f"streamctr checkpoint: error: {args.dir}: no valid checkpoint", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _checkpoint_action(text: str) -> str:
+    if text != "show":
+        raise ValueError(f"unknown action {text!r}; available: show")
+    return text
 
 
 def _replay_source(args: argparse.Namespace) -> Path | ReplayInput:
@@ -319,10 +344,17 @@ def _build() -> tuple[argparse.ArgumentParser, dict[str, Options]]:
     p, o = command("serve", "the long-running consumer service", cmd_serve)
     o.add(p, "--bootstrap", help="Kafka bootstrap HOST:PORT")
     o.add(p, "--learners", type=_learner_names, default=("ftrl",), help=learners_help)
-    o.add(p, "--checkpoint-dir", type=Path, default=None, help="learner checkpoints folder")
+    o.add(p, "--checkpoint-dir", type=Path, default=None,
+          help="checkpoints folder (state + offsets; restored at start)")
+    o.add(p, "--checkpoint-interval", type=_positive_duration_ms, default=60_000,
+          help="time between checkpoints (e.g. 30s), in ms; one is also written on stop "
+               "and when partitions are revoked")
+    o.add(p, "--checkpoint-keep", type=_positive_int, default=3,
+          help="checkpoints kept in --checkpoint-dir")
     o.add(p, "--metrics-port", type=_port, default=9100, help="Prometheus /metrics port")
     o.add(p, "--max-events", type=_positive_int, default=None,
-          help="stop after this many records, closing every window")
+          help="stop once the state has taken in this many records (counted over restarts "
+               "from --checkpoint-dir), closing every window")
     _add_joiner_options(o, p)
     o.add(p, "--delayed-feedback", type=_one_mode, default=("wait",),
           help="training mode: wait (label at window end) or fnw (fake negative weighting)")
@@ -330,6 +362,15 @@ def _build() -> tuple[argparse.ArgumentParser, dict[str, Options]]:
     o.add(p, "--publish-samples", type=parse_bool, default=False,
           help="publish labelled samples to the samples topic")
     _add_topic_options(o, p)
+
+    p, o = command("checkpoint", "inspect a checkpoint folder: checkpoint show DIR [--json]",
+                   cmd_checkpoint)
+    o.add(p, "action", type=_checkpoint_action, positional=True, metavar="ACTION",
+          help="show: each checkpoint's id, time, records, offsets, per-learner samples "
+               "learned and weight fingerprints, verified against its checksums")
+    o.add(p, "dir", type=Path, positional=True, metavar="DIR",
+          help="the folder given to serve --checkpoint-dir")
+    o.add(p, "--json", type=parse_bool, default=False, help="print JSON instead of text")
 
     p, o = command("replay", "leak-free offline replay of a folder or of a topic range",
                    cmd_replay)

@@ -4,6 +4,8 @@ import hashlib
 import json
 import logging
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -19,6 +21,7 @@ from pipeline.checkpoint import (
     render_listing,
     save_checkpoint,
 )
+from pipeline.cli import main
 
 X = [{"bias": 1.0, f"user=u{i % 7}": 1.0, f"item=i{i % 11}": 1.0} for i in range(300)]
 
@@ -296,3 +299,42 @@ def test_describe_lists_ids_times_offsets_samples_and_fingerprints(tmp_path):
     assert "clicks/0=3  impressions/0=30" in text
     assert "samples learned 300" in text and fingerprint(
         models["learner.ftrl"].state_dict())[:16] in text
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "pipeline.cli", *args], capture_output=True,
+                          text=True, timeout=120)
+
+
+def test_checkpoint_show_prints_text_and_json(tmp_path, capsys):
+    folder = tmp_path / "ckpt"
+    save_checkpoint(folder, {"learner.ftrl": trained()}, offsets={"clicks/0": 3}, records=3)
+    assert main(["checkpoint", "show", str(folder)]) == 0
+    text = capsys.readouterr().out
+    assert text.startswith(f"{folder}: 1 checkpoint(s), 1 valid; newest valid: ckpt-000000001")
+    assert main(["checkpoint", "show", str(folder), "--json"]) == 0
+    listed = json.loads(capsys.readouterr().out)
+    assert listed["checkpoints"][0]["learners"]["ftrl"]["samples_learned"] == 300
+
+
+def test_checkpoint_show_of_a_folder_without_checkpoints_exits_2_with_one_line(tmp_path):
+    (tmp_path / "empty").mkdir()
+    for folder in (tmp_path / "empty", tmp_path / "absent"):
+        done = run_cli("checkpoint", "show", str(folder))
+        assert done.returncode == 2
+        assert done.stderr.count("\n") == 1 and "streamctr checkpoint: error:" in done.stderr
+        assert "no checkpoint" in done.stderr or "no such folder" in done.stderr
+
+
+def test_checkpoint_show_of_only_invalid_checkpoints_lists_them_and_exits_1(tmp_path, capsys):
+    path = save_checkpoint(tmp_path / "ckpt", {"learner.ftrl": trained()}).path
+    (path / "manifest.json").write_text("[]")
+    assert main(["checkpoint", "show", str(tmp_path / "ckpt")]) == 1
+    captured = capsys.readouterr()
+    assert "INVALID: manifest.json is not a JSON object" in captured.out
+    assert "no valid checkpoint" in captured.err
+
+
+def test_checkpoint_with_an_unknown_action_is_a_one_line_error(tmp_path, capsys):
+    assert main(["checkpoint", "list", str(tmp_path)]) == 2
+    assert "unknown action 'list'; available: show" in capsys.readouterr().err
