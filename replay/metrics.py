@@ -175,24 +175,49 @@ def _auc_core(y: np.ndarray, p: np.ndarray, w: np.ndarray | None) -> float:
     scores, and count for each positive the negatives strictly below it plus half
     of the negatives tied with it: ``sum_g pos_g * (neg_below_g + neg_g / 2)``.
     """
-    order = np.argsort(p)  # stability is not needed: tied scores are grouped below
-    ps = p[order]
-    ys = y[order]
-    if w is None:
-        pos, neg = ys, 1.0 - ys
+    if w is None and p.dtype == np.float64 and len(p) and float(np.abs(p).max()) < 2.0:
+        pos_g, neg_g = _class_counts_by_packed_sort(y, p)
     else:
-        ws = w[order]
-        pos = ys * ws
-        neg = ws - pos
-    starts = np.flatnonzero(np.concatenate(([True], ps[1:] != ps[:-1])))
-    pos_g = np.add.reduceat(pos, starts)
-    neg_g = np.add.reduceat(neg, starts)
+        order = np.argsort(p)  # stability is not needed: tied scores are grouped below
+        ps = p[order]
+        ys = y[order]
+        if w is None:
+            pos, neg = ys, 1.0 - ys
+        else:
+            ws = w[order]
+            pos = ys * ws
+            neg = ws - pos
+        starts = np.flatnonzero(np.concatenate(([True], ps[1:] != ps[:-1])))
+        pos_g = np.add.reduceat(pos, starts)
+        neg_g = np.add.reduceat(neg, starts)
     total_pos = float(pos_g.sum())
     total_neg = float(neg_g.sum())
     if total_pos <= 0.0 or total_neg <= 0.0:
         return math.nan
     neg_below = np.cumsum(neg_g) - neg_g
     return float(np.dot(pos_g, neg_below + 0.5 * neg_g) / (total_pos * total_neg))
+
+
+def _class_counts_by_packed_sort(y: np.ndarray, p: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Positives and negatives per run of tied scores, in score order, from one value sort.
+
+    Each score's float64 bits become an int64 that orders as the score does (negative
+    scores flip their magnitude bits; -0.0 is made 0.0 so it ties with it), shifted
+    left to hold the label in the lowest bit: sorting these keys (a plain value sort,
+    vectorised, ~3× faster than ``argsort``) orders by score and carries the labels
+    along. Scores below 2 in magnitude fit the shift; the caller checks that.
+    """
+    bits = (p + 0.0).view(np.int64)  # + 0.0 turns -0.0 into 0.0
+    keys = np.where(bits < 0, bits ^ np.int64(0x7FFF_FFFF_FFFF_FFFF), bits)
+    keys <<= 1
+    keys |= y.astype(np.int64)
+    keys.sort()
+    labels = keys & 1
+    keys >>= 1
+    starts = np.flatnonzero(np.concatenate(([True], keys[1:] != keys[:-1])))
+    sizes = np.diff(np.append(starts, len(keys)))
+    pos_g = np.add.reduceat(labels, starts).astype(np.float64)
+    return pos_g, sizes - pos_g
 
 
 def auc(y: Any, p: Any, sample_weight: Any = None) -> float:

@@ -74,6 +74,16 @@ def test_auc_is_rank_based_so_any_real_score_works():
     assert auc(y, [-3.0, 2.0, 0.0, 7.5]) == auc(y, [0.1, 0.6, 0.5, 0.9]) == 1.0
 
 
+@pytest.mark.parametrize("scale", [1.999, 5.0, 1e300])  # the packed-key sort, and argsort
+def test_auc_of_negative_tied_and_signed_zero_scores_equals_sklearn(scale):
+    rng = np.random.default_rng(7)
+    y = (rng.random(5_000) < 0.3).astype(np.int8)
+    p = np.round(rng.uniform(-1, 1, 5_000), 2) * scale
+    p[:50] = -0.0  # ties with 0.0, as sklearn's comparison has it
+    p[50:100] = 0.0
+    assert auc(y, p) == pytest.approx(roc_auc_score(y, p), abs=1e-12)
+
+
 def test_auc_accepts_lists_bools_and_polars_series_and_returns_a_python_float():
     _, y, p = random_case(3, n=200)
     expected = roc_auc_score(y, p)
