@@ -67,7 +67,7 @@ from typing import Any
 
 import msgspec
 from kafka import ConsumerRebalanceListener, KafkaConsumer, KafkaProducer, TopicPartition
-from kafka.errors import KafkaError, KafkaTimeoutError
+from kafka.errors import KafkaError, KafkaTimeoutError, RebalanceInProgressError
 from kafka.structs import OffsetAndMetadata
 
 from features.events import Click, Impression, InvalidEvent, decode_click, decode_impression
@@ -541,6 +541,9 @@ class Service:
             return
         try:
             consumer.commit(offsets)
+        except RebalanceInProgressError:
+            # Right after a revocation poll may return before the group is stable again.
+            self._commit_due = True
         except KafkaError as exc:  # the checkpoint holds the truth; the group only shows lag
             log.warning("offset commit to group %s failed (%s); the checkpoint holds them",
                         self.config.group_id, exc)
