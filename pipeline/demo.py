@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import math
+import shutil
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -63,6 +64,9 @@ def run_demo(
         console.print(f"[bold]3/4[/] produced {n_records:,} records in {produced.seconds:.1f} s")
 
         recorder = OutcomeRecorder(tuple(learners))
+        # A checkpoint of an earlier demo belongs to that run's broker, gone with it: this
+        # run's topics start afresh, so its state must too.
+        shutil.rmtree(out / "checkpoint", ignore_errors=True)
         config = ServiceConfig(
             bootstrap=broker.bootstrap,
             learners=tuple(learners),
