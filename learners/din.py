@@ -66,6 +66,7 @@ from __future__ import annotations
 import contextlib
 import math
 import numbers
+import time
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
@@ -312,6 +313,9 @@ class DIN:
     def _reset(self) -> None:
         self.n_learned = 0
         self.n_steps = 0
+        # Host wall time in optimiser steps, for the service's metrics; not state (a restored
+        # learner counts from 0). On a GPU it ends when the step is queued, not done.
+        self._step_seconds = 0.0
         self.ids = IDTable(self.capacity, admit_after=self.admit_after, ttl_ms=self.ttl_ms)
         self._context: list[str] | None = None  # context fields, fixed at the first sample
         self._dense: list[str] | None = None
@@ -639,6 +643,7 @@ class DIN:
             self._train_buffer()
 
     def _train_buffer(self) -> None:
+        started = time.perf_counter()
         net, buffer = self._net, self._buffer
         assert net is not None and buffer is not None
         rows = self._rows(buffer, learn=True)
@@ -688,6 +693,7 @@ class DIN:
         self._opt_dense.step()
         self.n_steps += 1
         buffer.n = 0
+        self._step_seconds += time.perf_counter() - started
 
     def _reinitialise(self, rows: torch.Tensor) -> None:
         """Fresh embeddings and cleared optimiser moments for rows handed to new IDs."""
@@ -702,10 +708,12 @@ class DIN:
 
     # -- introspection ------------------------------------------------------------------
 
-    def stats(self) -> dict[str, int]:
-        """Samples learned, optimiser steps, samples buffered, and the ID table's counters."""
+    def stats(self) -> dict[str, float]:
+        """Samples learned, optimiser steps and their seconds, samples buffered, and the ID
+        table's counters."""
         buffered = 0 if self._buffer is None else self._buffer.n
-        return {"samples": self.n_learned, "steps": self.n_steps, "buffered": buffered,
+        return {"samples": self.n_learned, "steps": self.n_steps,
+                "step_seconds": self._step_seconds, "buffered": buffered,
                 **{f"ids_{k}": v for k, v in self.ids.stats().items()}}
 
     # -- state --------------------------------------------------------------------------

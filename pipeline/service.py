@@ -381,7 +381,9 @@ class Service:
         events = [r.event for r in records if r.event is not None]
         self._consistent = False
         if events:
+            started = time.perf_counter()
             self.engine.process(events)  # type: ignore[arg-type]
+            self.metrics.on_batch(time.perf_counter() - started)
             newest = max(e.ts for e in events)
             if self._newest_ts is None or newest > self._newest_ts:
                 self._newest_ts = newest
@@ -450,13 +452,9 @@ class Service:
         self.metrics.publish_learners({name: learner.stats()
                                        for name, learner in self.learners.items()
                                        if callable(getattr(learner, "stats", None))})
-        lag: dict[str, int] = {}
-        for tp in assigned:
-            highwater = consumer.highwater(tp)
-            if highwater is not None:
-                lag[tp.topic] = lag.get(tp.topic, 0) + max(0, highwater - consumer.position(tp))
-        for topic, records in lag.items():
-            self.metrics.consumer_lag.labels(topic).set(records)
+        self.metrics.set_consumer_lag({
+            (tp.topic, tp.partition): highwater - consumer.position(tp)
+            for tp in assigned if (highwater := consumer.highwater(tp)) is not None})
 
     def _stateful_parts(self) -> dict[str, Any]:
         return {"engine": self.engine,
@@ -561,6 +559,7 @@ class Service:
         """Rebalance listener: checkpoint first, then forget what is buffered of ``revoked``."""
         if not revoked:
             return
+        self.metrics.set_ready(False, "partitions revoked")
         # On kafka-python's IO thread: no blocking consumer call here, so the commit waits
         # for the loop (right after this poll returns). On close, the stop checkpoint was
         # written (or deliberately not) just before.
@@ -591,10 +590,13 @@ class Service:
                 fresh.append(tp)  # the state has seen none of it: all of it
         if fresh:
             consumer.seek_to_beginning(*fresh)
+        if assigned:
+            self.metrics.set_ready(True)
 
     def _shutdown(self, failed: bool) -> None:
         """Final checkpoint (unless the state is half-applied), then close the clients."""
         cfg = self.config
+        self.metrics.set_ready(False, "stopping")
         try:
             if self._consumer is not None and self._producer is not None:
                 try:

@@ -140,29 +140,6 @@ class _PartitionLag(Collector):
         yield family
 
 
-class _TopicLagShim:
-    """``metrics.consumer_lag.labels(topic).set(records)``: the per-topic form of lag.
-
-    Kept so a service that sums lag per topic keeps working; such totals are
-    exported with ``partition="all"``. :meth:`ServiceMetrics.set_consumer_lag`
-    (per partition) replaces them.
-    """
-
-    def __init__(self, lag: _PartitionLag, on_set: Callable[[], None]) -> None:
-        self._lag, self._on_set = lag, on_set
-
-    def labels(self, topic: str) -> _TopicLagShim._Child:
-        return _TopicLagShim._Child(self, topic)
-
-    class _Child:
-        def __init__(self, shim: _TopicLagShim, topic: str) -> None:
-            self._shim, self._topic = shim, topic
-
-        def set(self, records: float) -> None:
-            self._shim._lag.set_one((self._topic, "all"), records)
-            self._shim._on_set()
-
-
 class _QuietHandler(WSGIRequestHandler):
     def log_message(self, format: str, *args: Any) -> None:
         pass
@@ -179,8 +156,7 @@ class ServiceMetrics:
     * :meth:`on_outcome` (engine callback) — rolling learner gauges, label delays;
     * :meth:`publish` (about once a second) and :meth:`publish_learners` — joiner
       counters, gauges, learner counters; ``publish`` is also the loop's heartbeat;
-    * :meth:`set_consumer_lag` — per-partition lag (or the per-topic
-      ``consumer_lag.labels(topic).set(n)``, exported as ``partition="all"``);
+    * :meth:`set_consumer_lag` — per-partition lag;
     * :meth:`set_ready` — readiness (``/readyz``, ``streamctr_ready``);
     * :meth:`on_batch` — ``streamctr_batch_duration_seconds``;
     * :meth:`on_checkpoint`, :meth:`on_checkpoint_restored`, :meth:`on_checkpoint_failed`
@@ -245,7 +221,6 @@ class ServiceMetrics:
         )
         self._partition_lag = _PartitionLag()
         r.register(self._partition_lag)
-        self.consumer_lag = _TopicLagShim(self._partition_lag, self._lag_reported)
         self.batch_duration = Histogram(
             "streamctr_batch_duration_seconds",
             "Wall time to process one batch of released records (join, score, learn)",

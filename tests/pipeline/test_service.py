@@ -104,6 +104,10 @@ def test_prometheus_endpoint_reports_the_counts_that_were_produced(
         assert 0.5 < seen['streamctr_rolling_auc{learner="ftrl"}'] <= 1.0
         assert seen['streamctr_rolling_logloss{learner="ftrl"}'] > 0
         assert seen["streamctr_processing_lag_seconds"] > 0
+        assert seen["streamctr_batch_duration_seconds_count"] > 0
+        assert seen["streamctr_ready"] == 1
+        lags = [k for k in seen if k.startswith("streamctr_consumer_lag_records{")]
+        assert lags and all('partition="0"' in k for k in lags), lags  # per partition
     finally:
         service.request_stop("test")
         runner.join(timeout=30)

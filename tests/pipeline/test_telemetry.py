@@ -122,16 +122,6 @@ def test_consumer_lag_is_per_partition_and_revoked_partitions_disappear():
     assert value(metrics, name, topic="impressions", partition="1") is None
 
 
-def test_per_topic_lag_of_the_current_service_is_exported_as_partition_all():
-    metrics = ServiceMetrics(["ftrl"])
-    metrics.consumer_lag.labels("impressions").set(11)  # what pipeline/service.py calls now
-    assert value(metrics, "streamctr_consumer_lag_records", topic="impressions",
-                 partition="all") == 11
-    metrics.set_consumer_lag({("impressions", 0): 4})  # the per-partition call replaces it
-    assert value(metrics, "streamctr_consumer_lag_records", topic="impressions",
-                 partition="all") is None
-
-
 def test_checkpoint_metrics_start_at_the_service_start_and_follow_each_checkpoint():
     clock = FakeClock(1_000.0)
     metrics = ServiceMetrics(["ftrl"], clock=clock)
@@ -208,7 +198,7 @@ def test_until_set_ready_is_called_readiness_follows_reports_of_assigned_partiti
     assert metrics.readiness() == (False, "not ready: no partitions assigned yet")
     metrics.set_consumer_lag({})  # nothing assigned
     assert not metrics.readiness()[0]
-    metrics.consumer_lag.labels("impressions").set(0)  # what pipeline/service.py calls now
+    metrics.set_consumer_lag({("impressions", 0): 0})
     assert metrics.readiness()[0] and value(metrics, "streamctr_ready") == 1
     clock.now += 31  # no lag report for 31 s: the loop no longer sees its partitions
     assert not metrics.readiness()[0] and value(metrics, "streamctr_ready") == 0
