@@ -190,6 +190,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         checkpoint_interval_s=args.checkpoint_interval / 1000,
         checkpoint_keep=args.checkpoint_keep,
         metrics_port=args.metrics_port,
+        metrics_host=args.metrics_host,
         max_events=args.max_events,
         group_id=args.group_id,
         topics=_topics(args),
@@ -199,8 +200,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     with progress("serve", args.max_events, enabled=sys.stderr.isatty()) as ticker:
         service = Service(config, on_progress=ticker.tick)
         _stop_on_signals(service.request_stop)
-        log.info("serving %s from %s; metrics on :%s", ",".join(args.learners), args.bootstrap,
-                 args.metrics_port)
+        log.info("serving %s from %s; metrics on %s:%s", ",".join(args.learners),
+                 args.bootstrap, args.metrics_host, args.metrics_port)
         summary = service.run()
     print(f"stopped ({summary.stopped_by}) after {sum(summary.consumed.values()):,} records; "
           f"samples {summary.join['samples_positive']:,} positive / "
@@ -352,6 +353,8 @@ def _build() -> tuple[argparse.ArgumentParser, dict[str, Options]]:
     o.add(p, "--checkpoint-keep", type=_positive_int, default=3,
           help="checkpoints kept in --checkpoint-dir")
     o.add(p, "--metrics-port", type=_port, default=9100, help="Prometheus /metrics port")
+    o.add(p, "--metrics-host", default="0.0.0.0",
+          help="address /metrics, /healthz and /readyz listen on (127.0.0.1: this host only)")
     o.add(p, "--max-events", type=_positive_int, default=None,
           help="stop once the state has taken in this many records (counted over restarts "
                "from --checkpoint-dir), closing every window")

@@ -104,6 +104,7 @@ class ServiceConfig:
     learner_params: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     checkpoint_dir: Path | None = None
     metrics_port: int | None = 9100  # None: no endpoint; 0: any free port
+    metrics_host: str = "0.0.0.0"  # the endpoint's bind address
     max_events: int | None = None
     group_id: str = "streamctr"
     topics: Topics = field(default_factory=Topics)
@@ -248,7 +249,7 @@ class Service:
         if self._store is not None:
             self._store.lock()  # one writer per checkpoint folder
         if cfg.metrics_port is not None:
-            self.metrics.serve(cfg.metrics_port)
+            self.metrics.serve(cfg.metrics_port, cfg.metrics_host)
         self._producer = KafkaProducer(
             bootstrap_servers=cfg.bootstrap, acks="all", linger_ms=20, retries=5
         )

@@ -330,6 +330,7 @@ class ServiceMetrics:
         self._server: WSGIServer | None = None
         self._thread: threading.Thread | None = None
         self.port: int | None = None
+        self.address: str | None = None
 
     # -- HTTP endpoint -------------------------------------------------------------------
 
@@ -343,6 +344,7 @@ class ServiceMetrics:
                                         daemon=True)
         self._thread.start()
         self.port = server.server_port
+        self.address = server.server_address[0]  # the bind address, as the OS took it
         return self.port
 
     def close(self) -> None:

@@ -75,7 +75,8 @@ def test_prometheus_endpoint_reports_the_counts_that_were_produced(
     reference = run_replay(stream_dir, ["ftrl"], None, joiner_config=JOIN,
                            show_progress=False).events
 
-    service = Service(ServiceConfig(bootstrap=kafka_bootstrap, metrics_port=0, topics=topics,
+    service = Service(ServiceConfig(bootstrap=kafka_bootstrap, metrics_port=0,
+                                    metrics_host="127.0.0.1", topics=topics,
                                     group_id=f"g-{topics.impressions}", joiner=JOIN,
                                     checkpoint_dir=tmp_path / "ckpt"))
     runner = threading.Thread(target=service.run)
@@ -104,6 +105,7 @@ def test_prometheus_endpoint_reports_the_counts_that_were_produced(
         assert 0.5 < seen['streamctr_rolling_auc{learner="ftrl"}'] <= 1.0
         assert seen['streamctr_rolling_logloss{learner="ftrl"}'] > 0
         assert seen["streamctr_processing_lag_seconds"] > 0
+        assert service.metrics.address == "127.0.0.1"  # --metrics-host: loopback only
         assert seen["streamctr_batch_duration_seconds_count"] > 0
         assert seen["streamctr_ready"] == 1
         lags = [k for k in seen if k.startswith("streamctr_consumer_lag_records{")]
