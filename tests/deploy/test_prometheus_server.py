@@ -140,6 +140,13 @@ def test_prometheus_scrapes_the_service_and_answers_queries(kafka_bootstrap, kaf
             return bool(samples) and float(samples[0]["value"][1]) == 1.0
 
         wait_for("streamctr_ready == 1 in Prometheus", ready, 120, service)
+
+        def processed() -> bool:  # consumed is counted at decode; the first batch may still
+            # be compiling the joiner's kernels, and a SIGTERM waits for the batch
+            samples = query(base, "streamctr_batch_duration_seconds_count")["data"]["result"]
+            return bool(samples) and float(samples[0]["value"][1]) > 0
+
+        wait_for("a first batch through the engine", processed, 180, service)
         health = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/healthz", timeout=5)
         assert health.status == 200
         up = query(base, 'up{job="streamctr"}')["data"]["result"]
