@@ -9,10 +9,7 @@ so several services (or tests) can share a process. Its HTTP endpoint serves
   about once a second), 503 once the loop has been silent for ``stall_after_s``;
 * ``/readyz`` — readiness: 200 once the service says it is ready with
   :meth:`~ServiceMetrics.set_ready` (broker reachable, partitions assigned), 503 before
-  and while it reports a reason not to be. Until the service first calls ``set_ready``,
-  readiness is inferred: ready while it reports the lag of assigned partitions (it can
-  only do so once partitions are assigned and their log end is known), at most
-  ``_IMPLICIT_READY_S`` seconds ago.
+  and while it reports a reason not to be.
 
 Metric names follow Prometheus' conventions (base units, ``_total`` counters,
 ``_seconds``, ``_bytes``, timestamps rather than ages). Counters mirror the
@@ -72,7 +69,6 @@ _CLICK_OUTCOMES = {
 # Label delays: the replay report's edges (1 s … 30 days), without the 0 edge.
 _LABEL_DELAY_BUCKETS = tuple(float(e) for e in DELAY_EDGES_S if e > 0)
 _BATCH_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
-_IMPLICIT_READY_S = 30.0
 _CHECKPOINT_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
 
 
@@ -322,9 +318,8 @@ class ServiceMetrics:
                     self.set_learner_device(name, device)
         self._last_learner_stats: dict[str, Mapping[str, float]] = {}
         self._last_stats = JoinStats()
-        self._ready: bool | None = None  # None: set_ready never called, readiness inferred
-        self._not_ready_reason = ""
-        self._lag_reported_at: float | None = None
+        self._ready = False
+        self._not_ready_reason = "no partitions assigned yet"
         self.ready.set_function(lambda: 1.0 if self.readiness()[0] else 0.0)
         self._last_heartbeat = started
         self._server: WSGIServer | None = None
@@ -390,18 +385,9 @@ class ServiceMetrics:
 
     def readiness(self) -> tuple[bool, str]:
         """(ready, text) as ``/readyz`` answers."""
-        if self._ready is None:  # inferred from lag reports (see the module doc)
-            at = self._lag_reported_at
-            if at is not None and self._clock() - at <= _IMPLICIT_READY_S and \
-                    len(self._partition_lag):
-                return True, "ready (partitions assigned)"
-            return False, "not ready: no partitions assigned yet"
         if self._ready:
             return True, "ready"
         return False, f"not ready: {self._not_ready_reason}"
-
-    def _lag_reported(self) -> None:
-        self._lag_reported_at = self._clock()
 
     # -- feeding -------------------------------------------------------------------------
 
@@ -467,7 +453,6 @@ class ServiceMetrics:
         """
         self._partition_lag.replace({(topic, str(partition)): max(0, records)
                                      for (topic, partition), records in lags.items()})
-        self._lag_reported()
 
     def on_batch(self, seconds: float) -> None:
         """One batch of released records went through the engine in ``seconds``."""

@@ -69,28 +69,31 @@ def over_time(outcomes: pl.DataFrame, learners: Sequence[str], width_ms: int) ->
                              for name in learners}}
     ts = outcomes["impression_ts"].to_numpy()
     y = outcomes["label"].to_numpy()
-    bucket = pl.col("impression_ts") // width_ms
-    frame = outcomes.with_columns(bucket.alias("_bucket"))
+    label = pl.col("label").cast(pl.Float64)
+
+    def logloss(score: str) -> pl.Expr:
+        clipped = pl.col(score).clip(1e-15, 1 - 1e-15)  # as replay.metrics.logloss clips
+        return -(label * clipped.log() + (1 - label) * (1 - clipped).log()).mean()
+
+    # One pass over the buckets for every learner; same buckets as auc_over_time's.
+    grouped = (outcomes.group_by((pl.col("impression_ts") // width_ms).alias("_bucket"))
+               .agg(label.mean().alias("observed"),
+                    *(logloss(f"score_{n}").alias(f"logloss_{n}") for n in learners),
+                    *(pl.col(f"score_{n}").mean().alias(f"predicted_{n}") for n in learners))
+               .sort("_bucket"))
+    observed = grouped["observed"].to_numpy()
     per_learner: dict[str, dict[str, list[float]]] = {}
-    counts: list[metrics.TimeBucketAUC] = []
+    buckets: list[metrics.TimeBucketAUC] = []
     for name in learners:
-        p = outcomes[f"score_{name}"].to_numpy()
-        counts = metrics.auc_over_time(ts, y, p, width_ms)
-        clipped = pl.col(f"score_{name}").clip(1e-15, 1 - 1e-15)
-        loss = -(pl.col("label") * clipped.log() + (1 - pl.col("label")) * (1 - clipped).log())
-        grouped = (frame.group_by("_bucket", maintain_order=False)
-                   .agg(loss.mean().alias("logloss"),
-                        pl.col(f"score_{name}").mean().alias("predicted"),
-                        pl.col("label").cast(pl.Float64).mean().alias("observed"))
-                   .sort("_bucket"))
-        observed = grouped["observed"].to_numpy()
+        buckets = metrics.auc_over_time(ts, y, outcomes[f"score_{name}"].to_numpy(), width_ms)
         with np.errstate(divide="ignore", invalid="ignore"):
-            calib = np.where(observed > 0, grouped["predicted"].to_numpy() / observed, np.nan)
-        per_learner[name] = {"auc": [b.auc for b in counts],
-                             "logloss": grouped["logloss"].to_list(),
+            calib = np.where(observed > 0, grouped[f"predicted_{name}"].to_numpy() / observed,
+                             np.nan)
+        per_learner[name] = {"auc": [b.auc for b in buckets],
+                             "logloss": grouped[f"logloss_{name}"].to_list(),
                              "calibration": calib.tolist()}
-    return {"width_ms": width_ms, "start_ts": [b.start for b in counts],
-            "impressions": [b.count for b in counts], "clicks": [b.clicks for b in counts],
+    return {"width_ms": width_ms, "start_ts": [b.start for b in buckets],
+            "impressions": [b.count for b in buckets], "clicks": [b.clicks for b in buckets],
             "learners": per_learner}
 
 

@@ -362,17 +362,18 @@ class _Sink:
         rows = [row[3:] for row in sorted(self._rejected, key=lambda row: row[:3])]
         rejected = pl.DataFrame(rows, schema=REJECTED_SCHEMA, orient="row")
         return ReplayInput(_impression_frame(impressions),
-                           _frame(clicks, _CLICK_SCHEMA), rejected, name=name)
+                           _frame(clicks, _CLICK_SCHEMA).sort("ts", maintain_order=True),
+                           rejected, name=name)
 
 
 def _frame(events: list[Any], schema: dict[str, pl.DataType]) -> pl.DataFrame:
-    columns = {name: [getattr(e, name) for e in events] for name in schema}
-    return pl.DataFrame(columns, schema=schema).sort("ts", maintain_order=True)
+    """The events' fields as columns, in the given order (not sorted)."""
+    return pl.DataFrame({name: [getattr(e, name) for e in events] for name in schema},
+                        schema=schema)
 
 
 def _impression_frame(events: list[Impression]) -> pl.DataFrame:
-    frame = pl.DataFrame({name: [getattr(e, name) for e in events]
-                          for name in _IMPRESSION_SCHEMA}, schema=_IMPRESSION_SCHEMA)
+    frame = _frame(events, _IMPRESSION_SCHEMA)
     keys = dict.fromkeys(k for e in events for k in e.context)
     if keys:
         dtype = pl.Struct([pl.Field(k, pl.Utf8()) for k in keys])

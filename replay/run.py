@@ -172,12 +172,13 @@ def _breakdown(
         span = (int(outcomes["impression_ts"].max()) - int(outcomes["impression_ts"].min())
                 if outcomes.height else 0)
         time_bucket_ms = auto_bucket_ms(span)
-    first, *others = audits
-    audit = audits[first].summary()
-    if others:
-        audit["modes"] = {mode: {"consistent": (s := audits[mode].summary())["consistent"],
-                                 "violations": s["violations"]} for mode in audits}
-        audit["consistent"] = all(m["consistent"] for m in audit["modes"].values())
+    summaries = {mode: each.summary() for mode, each in audits.items()}
+    first = next(iter(audits))
+    audit = summaries[first]
+    if len(summaries) > 1:
+        audit["modes"] = {mode: {"consistent": s["consistent"], "violations": s["violations"]}
+                          for mode, s in summaries.items()}
+        audit["consistent"] = all(s["consistent"] for s in summaries.values())
     return {
         "over_time": over_time(scored, learner_names, time_bucket_ms),
         "reliability": reliability(scored, learner_names),

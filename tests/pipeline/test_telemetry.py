@@ -192,22 +192,6 @@ def test_readiness_is_false_until_the_service_says_ready_and_gives_its_reason():
         metrics.close()
 
 
-def test_until_set_ready_is_called_readiness_follows_reports_of_assigned_partitions_lag():
-    clock = FakeClock()
-    metrics = ServiceMetrics(["ftrl"], clock=clock)
-    assert metrics.readiness() == (False, "not ready: no partitions assigned yet")
-    metrics.set_consumer_lag({})  # nothing assigned
-    assert not metrics.readiness()[0]
-    metrics.set_consumer_lag({("impressions", 0): 0})
-    assert metrics.readiness()[0] and value(metrics, "streamctr_ready") == 1
-    clock.now += 31  # no lag report for 31 s: the loop no longer sees its partitions
-    assert not metrics.readiness()[0] and value(metrics, "streamctr_ready") == 0
-    metrics.set_consumer_lag({("impressions", 0): 3})
-    assert metrics.readiness()[0]
-    metrics.set_ready(False, "broker unreachable")  # once called, the service decides
-    assert metrics.readiness() == (False, "not ready: broker unreachable")
-
-
 def test_liveness_fails_once_the_loop_stops_publishing():
     clock = FakeClock()
     metrics = ServiceMetrics(["ftrl"], stall_after_s=60, clock=clock)
