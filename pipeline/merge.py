@@ -9,8 +9,9 @@ is known) or has been read to its end (it is *caught up*). This is the
 min-over-inputs watermark of Flink and Kafka Streams.
 
 Within a partition, order is offset order. Across partitions, ties in event time
-release impressions before clicks, then partitions in a fixed order, which is
-exactly the order of :func:`replay.inputs.iter_events`.
+release impressions before clicks, then lower partitions (topic name, then partition
+number) first, which is exactly the order of :func:`replay.inputs.iter_events` and of
+a topic-range replay (:mod:`replay.kafka_input`). Partition keys must be orderable.
 
 >>> m = EventTimeMerger()
 >>> m.add("clicks/0", 1, [(30, "click a")])
@@ -28,7 +29,7 @@ import heapq
 from collections import deque
 from collections.abc import Hashable, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 __all__ = ["EventTimeMerger"]
 
@@ -95,5 +96,7 @@ class EventTimeMerger(Generic[T]):
                     # This partition may still deliver something earlier than the others.
                     return
 
-    def _sort_key(self, partition: Hashable) -> tuple[int, str]:
-        return (self._ranks[partition], str(partition))
+    def _sort_key(self, partition: Hashable) -> tuple[int, Any]:
+        # Partitions compare as themselves (TopicPartition: topic, then partition number),
+        # not as text, which would put partition 10 before partition 2.
+        return (self._ranks[partition], partition)

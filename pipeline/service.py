@@ -147,6 +147,22 @@ class ServiceSummary:
     checkpoint: CheckpointWritten | None = None  # the last one written
 
 
+def _free_fetch_slot(consumer: KafkaConsumer) -> None:
+    """Work around kafka-python 3.0.12: a resumed partition is otherwise never fetched again.
+
+    Records fetched for a partition while it is paused are parked; the fetcher moves them
+    back only while its in-line slot is ``None``, but it leaves an exhausted (empty, not
+    ``None``) ``PartitionRecords`` there, and a partition with parked records is never
+    fetched. So once the merge paused and resumed two partitions the consumer stalled for
+    good (seen with ``max_buffered_per_partition=1000``). An exhausted slot holds nothing
+    to return: emptying it is what the fetcher does itself when it moves on.
+    """
+    fetcher = getattr(consumer, "_fetcher", None)
+    slot = getattr(fetcher, "_next_partition_records", None)
+    if slot is not None and not slot and getattr(fetcher, "_paused_partition_records", None):
+        fetcher._next_partition_records = None  # type: ignore[union-attr]
+
+
 @dataclass(frozen=True, slots=True)
 class _Record:
     event: Impression | Click | None  # None: rejected, only its offset moves on
@@ -302,6 +318,7 @@ class Service:
             if wanted is None or wanted > 0:
                 limit = cfg.max_poll_records if wanted is None else min(cfg.max_poll_records,
                                                                          wanted)
+                _free_fetch_slot(consumer)
                 polled = consumer.poll(timeout_ms=cfg.poll_timeout_ms, max_records=limit)
             if polled and self._first_record_at is None:
                 self._first_record_at = time.monotonic()

@@ -44,8 +44,7 @@ broker also answers every ``offsets_for_times`` with offset 0, which only makes
 the read start earlier: events are filtered by their time either way.
 
 Order. Each output frame is sorted by ``ts``; equal times keep partition order,
-then offset order — the service's merge order for partitions 0 to 9 (its tie
-order compares partition names as text). Columns and dtypes are those
+then offset order — the service's merge order. Columns and dtypes are those
 :func:`~replay.inputs.read_replay_input` gives for a folder: the event fields as
 ``Utf8`` / ``Int64`` in the schema's order, and ``context`` as a Struct of
 ``Utf8`` fields (every key seen, in first-seen order; a key an impression lacks is

@@ -54,3 +54,13 @@ def test_merged_output_is_sorted_whatever_the_fetch_pattern():
         out += m.drain(caught_up=done, assigned=set(streams))
     out += m.drain(caught_up=set(streams), assigned=set(streams))
     assert out == sorted(t for s in streams.values() for t in s)
+
+
+def test_equal_times_release_partitions_in_number_order_not_text_order():
+    from kafka import TopicPartition
+
+    m: EventTimeMerger[str] = EventTimeMerger()
+    tps = [TopicPartition("impressions", p) for p in (10, 2, 1)]
+    for tp in tps:
+        m.add(tp, 0, [(5, f"p{tp.partition}")])
+    assert list(m.drain(caught_up=set(tps), assigned=set(tps))) == ["p1", "p2", "p10"]
