@@ -106,6 +106,47 @@ def _add_topic_options(opts: Options, parser: argparse.ArgumentParser) -> None:
         opts.add(parser, f"--{topic}-topic", default=topic, help=f"name of the {topic} topic")
 
 
+def _add_kafka_options(opts: Options, parser: argparse.ArgumentParser) -> None:
+    from pipeline.kafka_clients import CLIENT_LIBRARIES, SASL_MECHANISMS, SECURITY_PROTOCOLS
+
+    opts.add(parser, "--kafka-client", type=_one_of(CLIENT_LIBRARIES), default="kafka-python",
+             help="Kafka client library: kafka-python, or confluent (librdkafka, much faster; "
+                  "pip install 'streamctr[confluent]')")
+    opts.add(parser, "--security-protocol", type=_one_of(SECURITY_PROTOCOLS),
+             default="PLAINTEXT", help=f"one of {', '.join(SECURITY_PROTOCOLS)}")
+    opts.add(parser, "--sasl-mechanism", type=_one_of(SASL_MECHANISMS), default=None,
+             help=f"with SASL_*: one of {', '.join(SASL_MECHANISMS)}")
+    opts.add(parser, "--sasl-username", default=None, help="with SASL_*: the user name")
+    opts.add(parser, "--sasl-password", default=None, secret=True, help="with SASL_*")
+    opts.add(parser, "--ssl-cafile", default=None,
+             help="with SSL / SASL_SSL: CA certificates (PEM) to verify the brokers with")
+    opts.add(parser, "--ssl-certfile", default=None,
+             help="with SSL / SASL_SSL: this client's certificate (PEM), for mutual TLS")
+    opts.add(parser, "--ssl-keyfile", default=None,
+             help="with --ssl-certfile: its private key (PEM)")
+    opts.add(parser, "--ssl-key-password", default=None, secret=True,
+             help="the private key's password, if it has one")
+
+
+def _one_of(choices: tuple[str, ...]) -> Callable[[str], str]:
+    def parse(text: str) -> str:
+        if text not in choices:
+            raise ValueError(f"{text!r} is not one of {', '.join(choices)}")
+        return text
+    return parse
+
+
+def _kafka_config(args: argparse.Namespace):  # -> KafkaClientConfig (deferred import)
+    from pipeline.kafka_clients import KafkaClientConfig, KafkaSecurity
+
+    security = KafkaSecurity(
+        args.security_protocol, sasl_mechanism=args.sasl_mechanism,
+        sasl_username=args.sasl_username, sasl_password=args.sasl_password,
+        ssl_cafile=args.ssl_cafile, ssl_certfile=args.ssl_certfile,
+        ssl_keyfile=args.ssl_keyfile, ssl_key_password=args.ssl_key_password)
+    return KafkaClientConfig(args.bootstrap, args.kafka_client, security)
+
+
 def _add_joiner_options(opts: Options, parser: argparse.ArgumentParser) -> None:
     d = JoinerConfig()
     opts.add(parser, "--window", type=parse_duration_ms, default=d.window_ms,
@@ -172,7 +213,8 @@ def cmd_broker(args: argparse.Namespace) -> int:
 def cmd_produce(args: argparse.Namespace) -> int:
     from pipeline.produce import produce_folder
 
-    summary = produce_folder(args.dir, args.bootstrap, topics=_topics(args), rate=args.rate)
+    summary = produce_folder(args.dir, _kafka_config(args), topics=_topics(args),
+                             rate=args.rate)
     print(f"produced {summary.impressions:,} impressions and {summary.clicks:,} clicks in "
           f"{summary.seconds:.1f} s ({summary.skipped_invalid:,} invalid rows skipped)")
     return 0
@@ -182,8 +224,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from pipeline.service import Service, ServiceConfig
     from replay.progress import progress
 
+    kafka = _kafka_config(args)
     config = ServiceConfig(
-        bootstrap=args.bootstrap,
+        bootstrap=kafka.bootstrap,
+        kafka_client=kafka.library,
+        security=kafka.security,
+        group_instance_id=args.group_instance_id,
         learners=args.learners,
         learner_params=learner_params(args.config, LEARNERS),
         checkpoint_dir=args.checkpoint_dir,
@@ -341,6 +387,7 @@ def _build() -> tuple[argparse.ArgumentParser, dict[str, Options]]:
     o.add(p, "--bootstrap", help="Kafka bootstrap HOST:PORT")
     o.add(p, "--rate", type=float, default=None, help="pace to this many events/s")
     _add_topic_options(o, p)
+    _add_kafka_options(o, p)
 
     p, o = command("serve", "the long-running consumer service", cmd_serve)
     o.add(p, "--bootstrap", help="Kafka bootstrap HOST:PORT")
@@ -362,9 +409,13 @@ def _build() -> tuple[argparse.ArgumentParser, dict[str, Options]]:
     o.add(p, "--delayed-feedback", type=_one_mode, default=("wait",),
           help="training mode: wait (label at window end) or fnw (fake negative weighting)")
     o.add(p, "--group-id", default="streamctr", help="Kafka consumer group")
+    o.add(p, "--group-instance-id", default=None,
+          help="static group membership (e.g. the pod name): a restart within the session "
+               "timeout keeps its partitions, without a rebalance")
     o.add(p, "--publish-samples", type=parse_bool, default=False,
           help="publish labelled samples to the samples topic")
     _add_topic_options(o, p)
+    _add_kafka_options(o, p)
 
     p, o = command("checkpoint", "inspect a checkpoint folder: checkpoint show DIR [--json]",
                    cmd_checkpoint)

@@ -97,7 +97,10 @@ class Options:
         help: str,
         positional: bool = False,
         metavar: str | None = None,
+        secret: bool = False,
     ) -> None:
+        """Declare an option; a ``secret`` one has no flag (command lines are visible to
+        every user of the host): only the environment or the config file give it."""
         dest = flag.lstrip("-").replace("-", "_")
         self._converters[dest] = type
         self._defaults[dest] = default
@@ -108,7 +111,11 @@ class Options:
         elif default is not None and default is not False:
             text = ",".join(default) if isinstance(default, tuple) else default
             shown += f" (default: {text})"
-        if type is parse_bool:
+        if secret:
+            parser.epilog = ((parser.epilog + "; ") if parser.epilog else "Secrets, from the "
+                             "environment or the config file only: ") + (
+                f"{ENV_PREFIX}{dest.upper()} or config key {dest} ({help})")
+        elif type is parse_bool:
             parser.add_argument(flag, dest=dest, action="store_const", const=True,
                                 default=None, help=shown)
         elif positional:
@@ -125,7 +132,7 @@ class Options:
         env = os.environ if env is None else env
         table = _load_table(getattr(args, "config", None), self.command)
         for dest in self._converters:
-            given = getattr(args, dest)
+            given = getattr(args, dest, None)  # secrets have no flag
             env_key = ENV_PREFIX + dest.upper()
             if given is True:  # a flag without a value
                 value = True

@@ -13,14 +13,15 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from kafka import KafkaProducer
-
 from features.events import Impression, encode_event
+from pipeline.kafka_clients import KafkaClientConfig, make_producer
 from pipeline.service import Topics
 from replay.inputs import iter_events, read_replay_input
 from replay.progress import progress
 
 __all__ = ["ProduceSummary", "produce_folder"]
+
+_FLUSH_TIMEOUT_S = 300.0  # the whole folder's last records, acknowledged
 
 
 @dataclass(frozen=True)
@@ -33,25 +34,23 @@ class ProduceSummary:
 
 def produce_folder(
     folder: str | Path,
-    bootstrap: str,
+    kafka: KafkaClientConfig | str,
     *,
     topics: Topics | None = None,
     rate: float | None = None,
     show_progress: bool = True,
 ) -> ProduceSummary:
-    """Publish every valid event of ``folder``; return counts once all are acknowledged."""
+    """Publish every valid event of ``folder``; return counts once all are acknowledged.
+
+    ``kafka`` is a bootstrap address (kafka-python, no security) or a full client config.
+    """
     if rate is not None and rate <= 0:
         raise ValueError(f"rate must be > 0 events/s, got {rate}")
     topics = topics or Topics()
     inp = read_replay_input(folder)
-    producer = KafkaProducer(
-        bootstrap_servers=bootstrap,
-        acks="all",
-        linger_ms=20,
-        batch_size=256 * 1024,
-        max_in_flight_requests_per_connection=1,  # keeps per-partition order under retries
-        retries=5,
-    )
+    if isinstance(kafka, str):
+        kafka = KafkaClientConfig(kafka)
+    producer = make_producer(kafka)
     started = time.monotonic()
     sent = {topics.impressions: 0, topics.clicks: 0}
     try:
@@ -66,9 +65,9 @@ def produce_folder(
                     ahead = (n + 1) / rate - (time.monotonic() - started)
                     if ahead > 0:
                         time.sleep(ahead)
-            producer.flush()
+            producer.flush(_FLUSH_TIMEOUT_S)
     finally:
-        producer.close(timeout=10)
+        producer.close(10)
     return ProduceSummary(
         impressions=sent[topics.impressions],
         clicks=sent[topics.clicks],

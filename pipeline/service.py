@@ -66,14 +66,27 @@ from pathlib import Path
 from typing import Any
 
 import msgspec
-from kafka import ConsumerRebalanceListener, KafkaConsumer, KafkaProducer, TopicPartition
-from kafka.errors import KafkaError, KafkaTimeoutError, RebalanceInProgressError
-from kafka.structs import OffsetAndMetadata
 
 from features.events import Click, Impression, InvalidEvent, decode_click, decode_impression
 from features.joiner import JoinerConfig
 from learners import Learner, make_learner
 from pipeline.checkpoint import CheckpointError, CheckpointStore, CheckpointWritten, Restored
+from pipeline.kafka_clients import (
+    BrokerUnreachable,
+    CommitFailed,
+    Consumer,
+    ConsumerSettings,
+    FlushTimeout,
+    KafkaClientConfig,
+    KafkaClientError,
+    KafkaSecurity,
+    OffsetOutOfRange,
+    ProduceFailed,
+    Producer,
+    TopicPartition,
+    make_consumer,
+    make_producer,
+)
 from pipeline.merge import EventTimeMerger
 from pipeline.telemetry import ServiceMetrics
 from replay.engine import OnlineEngine, Outcome, OutcomeCallback
@@ -100,6 +113,8 @@ class ServiceConfig:
 
     bootstrap: str
     learners: tuple[str, ...] = ("ftrl",)
+    kafka_client: str = "kafka-python"  # or "confluent" (pipeline.kafka_clients)
+    security: KafkaSecurity = field(default_factory=KafkaSecurity)
     # Hyper-parameters by learner name (the config file's [learner.<name>] tables).
     learner_params: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     checkpoint_dir: Path | None = None
@@ -107,6 +122,8 @@ class ServiceConfig:
     metrics_host: str = "0.0.0.0"  # the endpoint's bind address
     max_events: int | None = None
     group_id: str = "streamctr"
+    group_instance_id: str | None = None  # static membership: a restart keeps its partitions
+    session_timeout_ms: int = 10_000
     topics: Topics = field(default_factory=Topics)
     joiner: JoinerConfig = field(default_factory=JoinerConfig)
     publish_samples: bool = False
@@ -129,6 +146,12 @@ class ServiceConfig:
                              f"{self.checkpoint_interval_s}")
         if self.checkpoint_keep < 1:
             raise ValueError(f"checkpoint_keep must be >= 1, got {self.checkpoint_keep}")
+        self.kafka  # noqa: B018 (validates the client library and bootstrap)
+
+    @property
+    def kafka(self) -> KafkaClientConfig:
+        return KafkaClientConfig(self.bootstrap, self.kafka_client,  # type: ignore[arg-type]
+                                 self.security)
 
 
 @dataclass(frozen=True)
@@ -147,22 +170,6 @@ class ServiceSummary:
     checkpoint: CheckpointWritten | None = None  # the last one written
 
 
-def _free_fetch_slot(consumer: KafkaConsumer) -> None:
-    """Work around kafka-python 3.0.12: a resumed partition is otherwise never fetched again.
-
-    Records fetched for a partition while it is paused are parked; the fetcher moves them
-    back only while its in-line slot is ``None``, but it leaves an exhausted (empty, not
-    ``None``) ``PartitionRecords`` there, and a partition with parked records is never
-    fetched. So once the merge paused and resumed two partitions the consumer stalled for
-    good (seen with ``max_buffered_per_partition=1000``). An exhausted slot holds nothing
-    to return: emptying it is what the fetcher does itself when it moves on.
-    """
-    fetcher = getattr(consumer, "_fetcher", None)
-    slot = getattr(fetcher, "_next_partition_records", None)
-    if slot is not None and not slot and getattr(fetcher, "_paused_partition_records", None):
-        fetcher._next_partition_records = None  # type: ignore[union-attr]
-
-
 @dataclass(frozen=True, slots=True)
 class _Record:
     event: Impression | Click | None  # None: rejected, only its offset moves on
@@ -171,11 +178,11 @@ class _Record:
     ts: int  # its place in the merge
 
 
-class _SeekToCheckpoint(ConsumerRebalanceListener):
+class _SeekToCheckpoint:
     """Checkpoint before partitions go; seek each assigned one to where the state ends.
 
-    kafka-python calls these on its IO thread while the service's thread waits in
-    ``poll`` (or ``close``), so the engine is between two batches.
+    The clients call these inside ``poll`` (or ``close``), so the engine is between two
+    batches.
     """
 
     def __init__(self, service: Service) -> None:
@@ -246,8 +253,10 @@ class Service:
         self._last_ts: dict[TopicPartition, int] = {}  # event time of the last decoded record
         self._newest_ts: int | None = None
         self._first_record_at: float | None = None
-        self._consumer: KafkaConsumer | None = None
-        self._producer: KafkaProducer | None = None
+        self._consumer: Consumer | None = None
+        self._producer: Producer | None = None
+        self._behind: dict[TopicPartition, str] = {}  # partitions waiting for their log
+        self._backoff_s = 0.0
 
     @property
     def metrics_port(self) -> int | None:
@@ -266,22 +275,9 @@ class Service:
             self._store.lock()  # one writer per checkpoint folder
         if cfg.metrics_port is not None:
             self.metrics.serve(cfg.metrics_port, cfg.metrics_host)
-        self._producer = KafkaProducer(
-            bootstrap_servers=cfg.bootstrap, acks="all", linger_ms=20, retries=5
-        )
-        self._consumer = KafkaConsumer(
-            bootstrap_servers=cfg.bootstrap,
-            group_id=cfg.group_id,
-            enable_auto_commit=False,
-            auto_offset_reset="earliest",
-            max_poll_records=cfg.max_poll_records,
-            session_timeout_ms=10_000,
-            heartbeat_interval_ms=1_000,
-        )
-        self._consumer.subscribe([cfg.topics.impressions, cfg.topics.clicks],
-                                 listener=_SeekToCheckpoint(self))
         try:
-            self._loop()
+            if self._connect():
+                self._loop()
         except BaseException:
             self._shutdown(failed=True)
             raise
@@ -299,6 +295,30 @@ class Service:
             restored=None if self._restored is None else self._restored.checkpoint.id,
             checkpoint=self.last_checkpoint,
         )
+
+    def _connect(self) -> bool:
+        """Create the clients, retrying with backoff while no broker answers; False if
+        stopped before one did."""
+        cfg = self.config
+        backoff = 1.0
+        while not self._stop.is_set():
+            try:
+                if self._producer is None:
+                    self._producer = make_producer(cfg.kafka)
+                self._consumer = make_consumer(cfg.kafka, ConsumerSettings(
+                    group_id=cfg.group_id, max_poll_records=cfg.max_poll_records,
+                    session_timeout_ms=cfg.session_timeout_ms,
+                    group_instance_id=cfg.group_instance_id))
+            except BrokerUnreachable as exc:
+                self.metrics.set_ready(False, f"broker unreachable: {exc}")
+                log.warning("%s; trying again in %.0f s", exc, backoff)
+                self._stop.wait(backoff)
+                backoff = min(30.0, backoff * 2)
+                continue
+            self._consumer.subscribe([cfg.topics.impressions, cfg.topics.clicks],
+                                     _SeekToCheckpoint(self))
+            return True
+        return False
 
     def _loop(self) -> None:
         cfg = self.config
@@ -318,8 +338,13 @@ class Service:
             if wanted is None or wanted > 0:
                 limit = cfg.max_poll_records if wanted is None else min(cfg.max_poll_records,
                                                                          wanted)
-                _free_fetch_slot(consumer)
-                polled = consumer.poll(timeout_ms=cfg.poll_timeout_ms, max_records=limit)
+                try:
+                    polled = consumer.poll(timeout_ms=cfg.poll_timeout_ms, max_records=limit)
+                except OffsetOutOfRange as exc:
+                    self._on_out_of_range(consumer, exc)
+                else:
+                    self._behind.clear()
+                    self._backoff_s = 0.0
             if polled and self._first_record_at is None:
                 self._first_record_at = time.monotonic()
             merger = self._merger  # after poll: a revocation in it may have replaced it
@@ -331,6 +356,7 @@ class Service:
             done = (cfg.max_events is not None
                     and self._records + len(merger) >= cfg.max_events)
             assigned = consumer.assignment()
+            self._update_readiness(consumer, assigned)
             caught_up = {tp for tp in assigned if self._caught_up(consumer, tp)}
             released = list(merger.drain(caught_up, assigned, force=done))
             # Over a backlog the merge may release a great many records at once: they go to
@@ -418,7 +444,54 @@ class Service:
         self._dirty = True
         self._consistent = True
 
-    def _throttle(self, consumer: KafkaConsumer, merger: EventTimeMerger[_Record]) -> None:
+    def _on_out_of_range(self, consumer: Consumer, exc: OffsetOutOfRange) -> None:
+        """Positions the broker has no record at: skip what retention deleted, else wait.
+
+        Below the log start, records were deleted before the service read them (it was
+        down longer than the topic's retention): nothing brings them back, so reading
+        goes on from the log start, with an error naming how many were skipped. Past the
+        log end, the broker lost records the state has taken in already (an unclean
+        leader election, a restarted broker with memory storage): reading from anywhere
+        else would learn records twice or skip them, so the service reports unready and
+        retries with backoff until the log reaches the position again.
+        """
+        for tp, position in exc.positions.items():
+            try:
+                low, high = consumer.offsets_range(tp)
+            except KafkaClientError as err:
+                low = high = None
+                log.warning("%s/%s: offset %s out of range; log bounds unknown (%s)", tp.topic,
+                            tp.partition, position, err)
+            if low is not None and position < low:
+                log.error("%s/%s: records %s to %s were deleted (retention) before they were "
+                          "read: %s record(s) skipped", tp.topic, tp.partition, position,
+                          low - 1, f"{low - position:,}")
+                self.metrics.records_skipped.labels(tp.topic).inc(low - position)
+                consumer.seek(tp, low)
+                continue
+            why = (f"{tp.topic}/{tp.partition} ends at offset {high}, before the state's "
+                   f"position {position}")
+            if tp not in self._behind:
+                log.warning("%s: waiting for the broker to have those records again", why)
+            self._behind[tp] = why
+            consumer.seek(tp, position)
+        if self._behind:
+            self._update_readiness(consumer, consumer.assignment())
+            self._backoff_s = min(5.0, max(0.1, self._backoff_s * 2))
+            self._stop.wait(self._backoff_s)
+
+    def _update_readiness(self, consumer: Consumer, assigned: set[TopicPartition]) -> None:
+        """Ready: partitions assigned, the broker reachable, every partition readable."""
+        if not consumer.connected():
+            self.metrics.set_ready(False, "broker unreachable")
+        elif self._behind:
+            self.metrics.set_ready(False, "; ".join(sorted(self._behind.values())))
+        elif not assigned:
+            self.metrics.set_ready(False, "no partitions assigned")
+        else:
+            self.metrics.set_ready(True)
+
+    def _throttle(self, consumer: Consumer, merger: EventTimeMerger[_Record]) -> None:
         """Pause partitions far ahead of the others so the merge's buffers stay bounded."""
         limit = self.config.max_buffered_per_partition
         paused = consumer.paused()
@@ -430,7 +503,7 @@ class Service:
                 consumer.resume(tp)
 
     @staticmethod
-    def _caught_up(consumer: KafkaConsumer, tp: TopicPartition) -> bool:
+    def _caught_up(consumer: Consumer, tp: TopicPartition) -> bool:
         highwater = consumer.highwater(tp)
         return highwater is not None and consumer.position(tp) >= highwater
 
@@ -464,7 +537,7 @@ class Service:
         self._producer.send(self.config.topics.samples, _json.encode(payload),
                             key=release.impression.user_id.encode())
 
-    def _publish_metrics(self, consumer: KafkaConsumer, assigned: set[TopicPartition]) -> None:
+    def _publish_metrics(self, consumer: Consumer, assigned: set[TopicPartition]) -> None:
         joiner = self.engine.joiner
         self.metrics.publish(joiner.stats, joiner.open_windows, self._newest_ts)
         self.metrics.publish_learners({name: learner.stats()
@@ -509,14 +582,13 @@ class Service:
         assert self._producer is not None
         started = time.perf_counter()
         try:
-            self._producer.flush(timeout=self.config.flush_timeout_s)
-        except KafkaTimeoutError:
+            self._producer.flush(self.config.flush_timeout_s)
+        except (FlushTimeout, ProduceFailed) as exc:
             self.metrics.on_checkpoint_failed()
             if required:
                 raise
-            log.warning("no checkpoint (%s): producers not flushed within %.0f s; trying "
-                        "again in %.0f s", reason, self.config.flush_timeout_s,
-                        self.config.checkpoint_interval_s)
+            log.warning("no checkpoint (%s): producers not flushed: %s; trying again in "
+                        "%.0f s", reason, exc, self.config.checkpoint_interval_s)
             return False
         if self._store is None:
             self._dirty = False
@@ -551,18 +623,19 @@ class Service:
         self._commit_due = False
         consumer = self._consumer
         assert consumer is not None
-        offsets = {tp: OffsetAndMetadata(o, "", -1) for tp in consumer.assignment()
+        offsets = {tp: o for tp in consumer.assignment()
                    if (o := self._committable.get(tp)) is not None}
         if not offsets:
             return
         try:
             consumer.commit(offsets)
-        except RebalanceInProgressError:
-            # Right after a revocation poll may return before the group is stable again.
-            self._commit_due = True
-        except KafkaError as exc:  # the checkpoint holds the truth; the group only shows lag
-            log.warning("offset commit to group %s failed (%s); the checkpoint holds them",
-                        self.config.group_id, exc)
+        except CommitFailed as exc:
+            if exc.retriable:
+                # Right after a revocation poll may return before the group is stable again.
+                self._commit_due = True
+            else:  # the checkpoint holds the truth; the group only shows lag
+                log.warning("offset commit to group %s failed (%s); the checkpoint holds "
+                            "them", self.config.group_id, exc)
 
     @property
     def _committable(self) -> dict[TopicPartition, int]:
@@ -608,8 +681,7 @@ class Service:
                 fresh.append(tp)  # the state has seen none of it: all of it
         if fresh:
             consumer.seek_to_beginning(*fresh)
-        if assigned:
-            self.metrics.set_ready(True)
+        self._update_readiness(consumer, assigned)
 
     def _shutdown(self, failed: bool) -> None:
         """Final checkpoint (unless the state is half-applied), then close the clients."""
@@ -630,10 +702,9 @@ class Service:
             self._closing = True
             try:
                 if self._consumer is not None:
-                    self._consumer.close(autocommit=False,
-                                         timeout_ms=int(cfg.close_timeout_s * 1000))
+                    self._consumer.close(cfg.close_timeout_s)
                 if self._producer is not None:
-                    self._producer.close(timeout=cfg.close_timeout_s)
+                    self._producer.close(cfg.close_timeout_s)
             finally:
                 self.metrics.close()
                 if self._store is not None:

@@ -185,6 +185,11 @@ class ServiceMetrics:
         self.consumed = Counter(
             "streamctr_events_consumed", "Records consumed, by topic", ["topic"], registry=r
         )
+        self.records_skipped = Counter(
+            "streamctr_records_skipped",
+            "Records deleted by the broker (retention) before the service read them, by topic",
+            ["topic"], registry=r,
+        )
         self.rejected = Counter(
             "streamctr_events_rejected",
             "Records sent to the DLQ (failed validation, or clicks that never joined), by topic",

@@ -346,7 +346,7 @@ def test_a_revocation_writes_a_checkpoint_first_and_loses_or_repeats_nothing(
             while service._records < at:
                 assert runner.is_alive() and time.monotonic() < deadline
                 time.sleep(0.02)
-            service._consumer._coordinator.request_rejoin()  # type: ignore[union-attr]
+            service._consumer.client._coordinator.request_rejoin()  # type: ignore[union-attr]
             while len(revocations) < n:
                 assert runner.is_alive() and time.monotonic() < deadline
                 time.sleep(0.02)

@@ -41,6 +41,14 @@ def stream_dir(tmp_path_factory) -> Path:
     return folder
 
 
+@pytest.fixture(params=["kafka-python", "confluent"])
+def kafka_client(request) -> str:
+    """Each service test runs with both client libraries (pipeline.kafka_clients)."""
+    if request.param == "confluent":
+        pytest.importorskip("confluent_kafka", reason="the confluent extra is not installed")
+    return request.param
+
+
 def topics_of(kafka_topics: dict[str, str]) -> Topics:
     return Topics(kafka_topics["impressions"], kafka_topics["clicks"], kafka_topics["samples"],
                   kafka_topics["dlq"])
@@ -66,7 +74,7 @@ def produce_bad(bootstrap: str, topic: str) -> None:
 
 
 def test_prometheus_endpoint_reports_the_counts_that_were_produced(
-    kafka_bootstrap, kafka_topics, stream_dir, tmp_path
+    kafka_bootstrap, kafka_topics, stream_dir, tmp_path, kafka_client
 ):
     topics = topics_of(kafka_topics)
     produced = produce_folder(stream_dir, kafka_bootstrap, topics=topics, show_progress=False)
@@ -77,6 +85,7 @@ def test_prometheus_endpoint_reports_the_counts_that_were_produced(
 
     service = Service(ServiceConfig(bootstrap=kafka_bootstrap, metrics_port=0,
                                     metrics_host="127.0.0.1", topics=topics,
+                                    kafka_client=kafka_client,
                                     group_id=f"g-{topics.impressions}", joiner=JOIN,
                                     checkpoint_dir=tmp_path / "ckpt"))
     runner = threading.Thread(target=service.run)
@@ -129,13 +138,14 @@ def test_prometheus_endpoint_reports_the_counts_that_were_produced(
 
 
 def test_service_with_max_events_measures_exactly_what_replay_measures(
-    kafka_bootstrap, kafka_topics, stream_dir
+    kafka_bootstrap, kafka_topics, stream_dir, kafka_client
 ):
     topics = topics_of(kafka_topics)
     produced = produce_folder(stream_dir, kafka_bootstrap, topics=topics, show_progress=False)
     recorder = OutcomeRecorder(("ftrl",))
     service = Service(
         ServiceConfig(bootstrap=kafka_bootstrap, metrics_port=None, topics=topics,
+                      kafka_client=kafka_client,
                       max_events=produced.impressions + produced.clicks,
                       group_id=f"g-{topics.impressions}", joiner=JOIN),
         extra_outcome_callbacks=[recorder],
@@ -158,13 +168,14 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_sigterm_stops_the_serve_command_within_seconds(kafka_bootstrap, kafka_topics):
+def test_sigterm_stops_the_serve_command_within_seconds(kafka_bootstrap, kafka_topics,
+                                                       kafka_client):
     topics = topics_of(kafka_topics)
     port = free_port()
     cmd = [sys.executable, "-m", "pipeline.cli", "serve", "--bootstrap", kafka_bootstrap,
            "--metrics-port", str(port), "--impressions-topic", topics.impressions,
            "--clicks-topic", topics.clicks, "--dlq-topic", topics.dlq,
-           "--group-id", f"g-{topics.impressions}"]
+           "--group-id", f"g-{topics.impressions}", "--kafka-client", kafka_client]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env={**os.environ, "PYTHONUNBUFFERED": "1"})
     try:
@@ -190,7 +201,7 @@ def test_sigterm_stops_the_serve_command_within_seconds(kafka_bootstrap, kafka_t
 
 
 def test_restart_from_checkpoint_continues_exactly_where_it_stopped(
-    kafka_bootstrap, kafka_topics, stream_dir, tmp_path
+    kafka_bootstrap, kafka_topics, stream_dir, tmp_path, kafka_client
 ):
     topics = topics_of(kafka_topics)
     produced = produce_folder(stream_dir, kafka_bootstrap, topics=topics, show_progress=False)
@@ -205,6 +216,7 @@ def test_restart_from_checkpoint_continues_exactly_where_it_stopped(
             service.request_stop("test")
 
     service = Service(ServiceConfig(bootstrap=kafka_bootstrap, metrics_port=None, topics=topics,
+                                    kafka_client=kafka_client,
                                     group_id=group, joiner=JOIN, checkpoint_dir=ckpt,
                                     max_poll_records=200),
                       extra_outcome_callbacks=[stop_midway])
@@ -215,6 +227,7 @@ def test_restart_from_checkpoint_continues_exactly_where_it_stopped(
     # max_events counts the records the state has taken in, over restarts.
     second = OutcomeRecorder(("ftrl",))
     resumed = Service(ServiceConfig(bootstrap=kafka_bootstrap, metrics_port=None, topics=topics,
+                                    kafka_client=kafka_client,
                                     group_id=group, joiner=JOIN, checkpoint_dir=ckpt,
                                     max_events=total),
                       extra_outcome_callbacks=[second])
