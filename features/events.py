@@ -84,8 +84,7 @@ class Impression(msgspec.Struct, frozen=True, gc=False, forbid_unknown_fields=Tr
     context: dict[str, str] = {}
 
 
-class Click(msgspec.Struct, frozen=True, gc=False, forbid_unknown_fields=True,
-            omit_defaults=True):
+class Click(msgspec.Struct, frozen=True, gc=False, forbid_unknown_fields=True):
     """A click on a shown item (topic ``clicks``); ``ts`` is the click's own event time."""
 
     impression_id: NonEmptyStr
