@@ -650,7 +650,8 @@ class Service:
         """Rebalance listener: checkpoint first, then forget what is buffered of ``revoked``."""
         if not revoked:
             return
-        self.metrics.set_ready(False, "partitions revoked")
+        if not self._closing:
+            self.metrics.set_ready(False, "partitions revoked")
         # On kafka-python's IO thread: no blocking consumer call here, so the commit waits
         # for the loop (right after this poll returns). On close, the stop checkpoint was
         # written (or deliberately not) just before.
