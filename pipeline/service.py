@@ -67,7 +67,14 @@ from typing import Any
 
 import msgspec
 
-from features.events import Click, Impression, InvalidEvent, decode_click, decode_impression
+from features.events import (
+    MAX_EVENT_BYTES,
+    Click,
+    Impression,
+    InvalidEvent,
+    decode_click,
+    decode_impression,
+)
 from features.joiner import JoinerConfig
 from learners import Learner, make_learner
 from pipeline.checkpoint import CheckpointError, CheckpointStore, CheckpointWritten, Restored
@@ -518,9 +525,14 @@ class Service:
         if count <= 10 or count % 1_000 == 0:
             log.log(level, "rejected %s[%s]@%s (%d so far): %s", topic, partition, offset, count,
                     reason)
-        record = None if raw is None else raw.decode("utf-8", errors="replace")
+        # At most MAX_EVENT_BYTES of the record: a record near the broker's message limit,
+        # escaped into JSON, would not fit in a DLQ message (and would stop the loop).
+        record = (None if raw is None
+                  else raw[:MAX_EVENT_BYTES].decode("utf-8", errors="replace"))
         payload = {"topic": topic, "partition": partition, "offset": offset, "reason": reason,
                    "record": record}
+        if raw is not None and len(raw) > MAX_EVENT_BYTES:
+            payload["record_bytes"] = len(raw)  # `record` is a prefix of this many bytes
         assert self._producer is not None
         self._producer.send(self.config.topics.dlq, _json.encode(payload))
 
