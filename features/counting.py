@@ -17,6 +17,13 @@ Events that arrive older than a key's newest update are added with their own
 decay; a late impression (older than its key's newest update) reads the key at its
 newest time. The joiner processes events in event-time order within the allowed
 lateness, so this only concerns events that arrived later than that.
+
+A key whose newest update is older than ``fresh_before`` (the joiner passes its
+watermark minus its key TTL) reads and counts as a key never seen: its row is
+cleared on first touch. The joiner's sweep clears and frees the same rows later, to
+reclaim memory; because the idle rule is applied here, at the event, what a key reads
+does not depend on when a sweep ran (so a replay and a service batching differently
+agree).
 """
 
 from __future__ import annotations
@@ -75,6 +82,16 @@ def smoothed_ctr(clicks: np.ndarray, imps: np.ndarray, prior_ctr: float, strengt
 
 
 @nb.njit(cache=True, inline="always")
+def _fresh_if_idle(tab, row, fresh_before) -> None:
+    """Clear the row of a key idle since before ``fresh_before``: it starts as new."""
+    last = tab[row, LAST]
+    if last >= 0 and last < fresh_before:
+        for column in range(SAME_IMPS, tab.shape[1]):  # a loop: a slice would be a view
+            tab[row, column] = 0.0
+        tab[row, LAST] = -1.0
+
+
+@nb.njit(cache=True, inline="always")
 def _at(tab, row, rates, t) -> bool:
     """Decay row ``row`` of ``tab`` forward to ``t`` when ``t`` is newer; return whether
     the row is at ``t``
@@ -107,9 +124,10 @@ def _count(tab, row, rates, t, column, at_t):
 
 
 @nb.njit(cache=True, inline="always")
-def _observe(tab, row, rates, t, out, out_row, offset):
+def _observe(tab, row, rates, t, fresh_before, out, out_row, offset):
     """Write the row's counts as of ``t`` (events strictly before it) from ``offset``,
     then count an impression at ``t``. A late impression reads the row at its newest time."""
+    _fresh_if_idle(tab, row, fresh_before)
     at_t = _at(tab, row, rates, t)
     for h in range(rates.size):
         imps = tab[row, FIRST + 2 * h]
@@ -123,31 +141,34 @@ def _observe(tab, row, rates, t, out, out_row, offset):
 
 
 @nb.njit(cache=True, inline="always")
-def _add(tab, row, rates, t, column):
+def _add(tab, row, rates, t, column, fresh_before):
+    _fresh_if_idle(tab, row, fresh_before)
     _count(tab, row, rates, t, column, _at(tab, row, rates, t))
 
 
 @nb.njit(cache=True, inline="always")
-def counters_observe(c: CounterArrays, user: int, item: int, pair: int, t: int, out,
-                     out_row: int, offset: int) -> None:
+def counters_observe(c: CounterArrays, user: int, item: int, pair: int, t: int,
+                     fresh_before: int, out, out_row: int, offset: int) -> None:
     """An impression at ``t``: write its ``3 * H * 2`` features into row ``out_row`` of
-    ``out`` from column ``offset``, then count it."""
+    ``out`` from column ``offset``, then count it. Keys idle since before
+    ``fresh_before`` start fresh (see the module doc)."""
     width = 2 * c.decay_per_ms.size
     hl = c.decay_per_ms
     # The three keys unrolled: a tuple indexed by a constant costs nothing.
-    _observe(c.tables[0], user, hl, t, out, out_row, offset)
-    _observe(c.tables[1], item, hl, t, out, out_row, offset + width)
-    _observe(c.tables[2], pair, hl, t, out, out_row, offset + 2 * width)
+    _observe(c.tables[0], user, hl, t, fresh_before, out, out_row, offset)
+    _observe(c.tables[1], item, hl, t, fresh_before, out, out_row, offset + width)
+    _observe(c.tables[2], pair, hl, t, fresh_before, out, out_row, offset + 2 * width)
 
 
 @nb.njit(cache=True, inline="always")
-def counters_add(c: CounterArrays, user: int, item: int, pair: int, t: int, column: int
-                 ) -> None:
-    """Count an impression (``column`` 0) or a click (1) at time ``t`` for all three keys."""
+def counters_add(c: CounterArrays, user: int, item: int, pair: int, t: int, column: int,
+                 fresh_before: int) -> None:
+    """Count an impression (``column`` 0) or a click (1) at time ``t`` for all three keys
+    (keys idle since before ``fresh_before`` start fresh)."""
     hl = c.decay_per_ms
-    _add(c.tables[0], user, hl, t, column)
-    _add(c.tables[1], item, hl, t, column)
-    _add(c.tables[2], pair, hl, t, column)
+    _add(c.tables[0], user, hl, t, column, fresh_before)
+    _add(c.tables[1], item, hl, t, column, fresh_before)
+    _add(c.tables[2], pair, hl, t, column, fresh_before)
 
 
 class Counters:
@@ -182,6 +203,17 @@ class Counters:
             table if n <= len(table) else np.concatenate(
                 [table, self._new_rows(max(n, len(table) * 2) - len(table))])
             for table, n in zip(a.tables, needed, strict=True)))
+
+    def idle(self, key: int, before: int) -> np.ndarray:
+        """Codes of kind ``key`` (0 user, 1 item, 2 pair) updated, but not since ``before``."""
+        last = self.arrays.tables[key][:, LAST]
+        return np.flatnonzero((last >= 0) & (last < before))
+
+    def clear(self, key: int, codes: np.ndarray) -> None:
+        """Make the rows of ``codes`` (of kind ``key``) rows of keys never seen."""
+        table = self.arrays.tables[key]
+        table[codes] = 0.0
+        table[codes, LAST] = -1.0
 
     def state_dict(self) -> dict[str, np.ndarray | tuple[int, ...]]:
         a = self.arrays

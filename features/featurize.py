@@ -168,23 +168,36 @@ class Features(dict):
 
 
 class _NameHashes:
-    """``hash_names`` of ``prefix + value`` for every code of an interner, grown with it
-    (interners only grow, and a restored joiner has new ones)."""
+    """``hash_names`` of ``prefix + value`` for every code of an interner, kept current as
+    it grows and as the joiner reuses the codes of evicted keys for new strings (a code's
+    stamp says which string its hash is of; a restored joiner has new interners)."""
 
     def __init__(self, interner: Interner, prefix: str) -> None:
         self._interner = weakref.ref(interner)
         self._prefix = prefix
         self._hashes = np.empty(0, np.int64)
+        self._stamps = np.empty(0, np.int64)
+        self._assigned = -1
 
     def __call__(self, codes: np.ndarray) -> np.ndarray:
         interner = self._interner()
         assert interner is not None  # the cache entry dies with its interner
-        have, n = self._hashes.size, len(interner)
-        if have < n:
-            value, prefix = interner.value, self._prefix
-            fresh = hash_names(prefix + value(c) for c in range(have, n))
-            self._hashes = np.concatenate([self._hashes, fresh])
+        if self._assigned != interner.assigned:
+            self._refresh(interner)
         return self._hashes[codes]
+
+    def _refresh(self, interner: Interner) -> None:
+        stamps = interner.stamps
+        have = self._hashes.size
+        hashes = np.zeros(stamps.size, np.int64)
+        hashes[:have] = self._hashes
+        stale = np.flatnonzero(np.concatenate([self._stamps != stamps[:have],
+                                               np.ones(stamps.size - have, bool)]))
+        # A free code's hash is never looked up: it gets one when a string takes the code.
+        live = [c for c in stale.tolist() if interner.get(c) is not None]
+        hashes[live] = hash_names(self._prefix + interner.value(c) for c in live)
+        self._hashes, self._stamps = hashes, stamps.copy()
+        self._assigned = interner.assigned
 
 
 _NAME_HASHES: weakref.WeakKeyDictionary[Interner, dict[str, _NameHashes]] = (

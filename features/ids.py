@@ -1,10 +1,13 @@
 """String ids → dense integers, the form the joiner's compiled state is indexed by.
 
-An :class:`Interner` gives each distinct string the next integer, in first-seen
-order, and remembers the mapping for the life of the run (and across restarts via
-its snapshot). Impression ids are not interned — there is one per impression and
-they are only looked up while their window is open — but hashed to 63-bit ints
-with :func:`impression_key` (xxh3, stable across processes and versions).
+An :class:`Interner` gives each distinct string an integer code: the most recently
+released code if there is one, else the next unused one, so codes stay dense while
+keys come and go. The joiner releases the codes of keys it evicts
+(:attr:`features.joiner.JoinerConfig.key_ttl_ms`); a released string that comes back
+is a new key with a new code. The mapping survives restarts via the joiner's
+snapshot. Impression ids are not interned — there is one per impression and they are
+only looked up while their window is open — but hashed to 63-bit ints with
+:func:`impression_key` (xxh3, stable across processes and versions).
 
 >>> users = Interner()
 >>> users.intern("u7"), users.intern("u9"), users.intern("u7")
@@ -13,6 +16,11 @@ with :func:`impression_key` (xxh3, stable across processes and versions).
 [1, 2]
 >>> users.value(2), len(users)
 ('u3', 3)
+>>> users.release([0])
+>>> users.code("u7"), len(users), users.bound
+(None, 2, 3)
+>>> users.intern("u5"), users.intern("u7")  # code 0 is reused; u7 is new again
+(0, 3)
 """
 
 from __future__ import annotations
@@ -40,23 +48,70 @@ def impression_keys(ids: Iterable[str]) -> np.ndarray:
 
 
 class Interner:
-    """Dense, first-seen-order integer codes for strings."""
+    """Dense integer codes for strings, with released codes reused (last released first)."""
 
     def __init__(self, values: Sequence[str] = ()) -> None:
-        self._values: list[str] = list(values)
-        self._codes: dict[str, int] = {v: i for i, v in enumerate(self._values)}
-        if len(self._codes) != len(self._values):
-            raise ValueError("interner values must be distinct")
+        self._load(list(values), [])
+
+    @classmethod
+    def restore(cls, values: Sequence[str], free: Sequence[int]) -> Interner:
+        """The interner of a snapshot: ``values`` by code (ignored at the ``free`` codes)
+        and the released codes in stack order (:attr:`values`, :attr:`free`)."""
+        interner = cls()
+        interner._load(list(values), [int(c) for c in free])
+        return interner
+
+    def _load(self, values: list[str | None], free: list[int]) -> None:
+        for code in free:
+            values[code] = None
+        self._values = values
+        self._codes: dict[str, int] = {v: i for i, v in enumerate(values) if v is not None}
+        if len(self._codes) + len(free) != len(values):
+            raise ValueError("interner values must be distinct, free codes released once")
+        self._free = free  # a stack of released codes
+        # The assignment number of each code's current string: a cache indexed by code
+        # (features.featurize) tells a reused code from the string it cached for it.
+        self._stamps = np.arange(max(len(values), 16), dtype=np.int64)
+        self._assigned = len(values)
 
     def __len__(self) -> int:
+        """Strings interned now (released ones not counted)."""
+        return len(self._codes)
+
+    @property
+    def bound(self) -> int:
+        """Every code is below this (released codes included): the size of tables by code."""
         return len(self._values)
 
     def intern(self, value: str) -> int:
         code = self._codes.get(value)
         if code is None:
-            code = self._codes[value] = len(self._values)
-            self._values.append(value)
+            code = self._assign(value)
         return code
+
+    def _assign(self, value: str) -> int:
+        if self._free:
+            code = self._free.pop()
+            self._values[code] = value
+        else:
+            code = len(self._values)
+            self._values.append(value)
+            if code == self._stamps.size:
+                self._stamps = np.concatenate([self._stamps, np.zeros_like(self._stamps)])
+        self._codes[value] = code
+        self._stamps[code] = self._assigned
+        self._assigned += 1
+        return code
+
+    def release(self, codes: Iterable[int]) -> None:
+        """Forget the strings of ``codes``; the codes are handed out again by :meth:`intern`."""
+        for code in codes:
+            value = self._values[code]
+            if value is None:
+                raise KeyError(f"code {code} is not in use")
+            del self._codes[value]
+            self._values[code] = None
+            self._free.append(int(code))
 
     def intern_many(self, values: Iterable[str]) -> np.ndarray:
         intern = self.intern
@@ -73,13 +128,36 @@ class Interner:
         )
 
     def code(self, value: str) -> int | None:
-        """The code of ``value``, None if it was never interned."""
+        """The code of ``value``, None if it is not interned."""
         return self._codes.get(value)
 
     def value(self, code: int) -> str:
+        value = self._values[code]
+        if value is None:
+            raise KeyError(f"code {code} is not in use")
+        return value
+
+    def get(self, code: int) -> str | None:
+        """The string of ``code``, None if the code is free."""
         return self._values[code]
 
     @property
     def values(self) -> list[str]:
-        """All strings in code order (the snapshot of the interner)."""
-        return list(self._values)
+        """The strings by code, "" at released codes (with :attr:`free`, the snapshot)."""
+        return ["" if v is None else v for v in self._values]
+
+    @property
+    def free(self) -> list[int]:
+        """Released codes not yet reused, in stack order (the last is reused first)."""
+        return list(self._free)
+
+    @property
+    def stamps(self) -> np.ndarray:
+        """int64 (bound,): for each code, the number of the assignment that gave it its
+        current string; a code reused for another string gets a new stamp."""
+        return self._stamps[: len(self._values)]
+
+    @property
+    def assigned(self) -> int:
+        """Assignments made so far: a cache of per-code values that saw this count is current."""
+        return self._assigned

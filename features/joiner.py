@@ -37,6 +37,11 @@ counts of the user, the item and the user × category pair
 (:mod:`features.counting`). A click is behaviour at its own event time, whether it
 joined in time or late.
 
+Per-key state (the interned user and item codes, their counters and the user ×
+category pairs') is evicted once a key has been idle for ``key_ttl_ms`` of event time
+(see :class:`JoinerConfig`), so memory is bounded by the keys active within the TTL,
+not by every key ever seen. Freed codes are reused; a key that comes back starts fresh.
+
 >>> from features.events import Click, Impression
 >>> j = Joiner(JoinerConfig(window_ms=1_000))
 >>> j.push([Impression("i1", "r1", "u1", "it1", "c1", 0, ts=0),
@@ -57,7 +62,7 @@ joined in time or late.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any, Literal, NamedTuple
 
 import numpy as np
@@ -91,13 +96,29 @@ __all__ = [
 FINAL, FNW_NEGATIVE, FNW_POSITIVE = k.FINAL, k.FNW_NEGATIVE, k.FNW_POSITIVE
 _KIND_NAMES = {FINAL: "FINAL", FNW_NEGATIVE: "FNW_NEGATIVE", FNW_POSITIVE: "FNW_POSITIVE"}
 HOUR_MS = 3_600_000
-SNAPSHOT_FORMAT = 2
+SNAPSHOT_FORMAT = 3  # 3: key eviction (free lists, key TTL); 2 is still read
+# A key may be evicted once its counts have decayed by 2**-24 (24 half-lives of the
+# longest half-life): the counting features are float32, whose 24-bit significand makes
+# that less than half a unit in the last place of the count itself.
+NEGLIGIBLE_HALF_LIVES = 24
 _TABLES = ("index", "pairs", "held")  # JoinArrays fields that are hash tables
 
 
 @dataclass(frozen=True, slots=True)
 class JoinerConfig:
-    """Hyper-parameters of the join and of the features (times in milliseconds)."""
+    """Hyper-parameters of the join and of the features (times in milliseconds).
+
+    ``key_ttl_ms``: a user, item or user × category pair idle that long in event time
+    (the watermark minus its newest impression or click) is evicted: its code is
+    freed for reuse and it starts fresh if it comes back. A key may only go when
+    nothing observable is left of it, so the TTL must be at least
+    :attr:`min_key_ttl_ms`: the behaviour TTL (``lifelong_ttl_ms``: no stored click
+    of it can still be read) and 24 of the longest count half-life (its decayed counts
+    are below 2**-24 of what they were, under float32's rounding). ``None``, the
+    default, is that minimum: a year with the defaults (the behaviour TTL; 24 weeks of
+    the 7-day half-life is shorter), so memory is bounded by the keys of the last year.
+    A larger TTL keeps keys longer; one longer than the stream keeps every key.
+    """
 
     window_ms: int = 15 * 60 * 1000
     allowed_lateness_ms: int = 0
@@ -108,6 +129,7 @@ class JoinerConfig:
     lifelong_cap: int = 10_000
     lifelong_ttl_ms: int = 365 * 24 * HOUR_MS
     count_half_lives_ms: tuple[int, ...] = (HOUR_MS, 24 * HOUR_MS, 7 * 24 * HOUR_MS)
+    key_ttl_ms: int | None = None  # None: min_key_ttl_ms
 
     def __post_init__(self) -> None:
         positive = {"window_ms": self.window_ms, "recent_length": self.recent_length,
@@ -125,6 +147,22 @@ class JoinerConfig:
         if not self.count_half_lives_ms or min(self.count_half_lives_ms) <= 0:
             raise ValueError(f"count_half_lives_ms must be positive, got "
                              f"{self.count_half_lives_ms}")
+        if self.key_ttl_ms is not None and self.key_ttl_ms < self.min_key_ttl_ms:
+            raise ValueError(
+                f"key_ttl_ms must be >= {self.min_key_ttl_ms} (lifelong_ttl_ms, and "
+                f"{NEGLIGIBLE_HALF_LIVES} times the longest of count_half_lives_ms: evicting "
+                f"sooner would drop readable behaviour or counts), got {self.key_ttl_ms}")
+
+    @property
+    def min_key_ttl_ms(self) -> int:
+        """The shortest key TTL after which nothing observable is left of an idle key."""
+        return max(self.lifelong_ttl_ms,
+                   NEGLIGIBLE_HALF_LIVES * max(self.count_half_lives_ms))
+
+    @property
+    def idle_key_ttl_ms(self) -> int:
+        """The key TTL in force: ``key_ttl_ms``, or its default."""
+        return self.min_key_ttl_ms if self.key_ttl_ms is None else self.key_ttl_ms
 
     @property
     def retention_ms(self) -> int:
@@ -135,7 +173,7 @@ class JoinerConfig:
         return np.array([self.window_ms, self.allowed_lateness_ms, self.retention_ms,
                          k.MODE_FNW if self.mode == "fnw" else k.MODE_WAIT,
                          self.recent_length, self.lifelong_top_k, self.lifelong_cap,
-                         self.lifelong_ttl_ms], np.int64)
+                         self.lifelong_ttl_ms, self.idle_key_ttl_ms], np.int64)
 
 
 def fnw_weight(label: int, p: float) -> float:
@@ -152,7 +190,8 @@ def fnw_weight(label: int, p: float) -> float:
 
 @dataclass(slots=True)
 class JoinStats:
-    """Counters of everything the joiner saw; exported by the service, written to reports."""
+    """Counters of everything the joiner saw, and of the keys it evicted, plus the keys it
+    holds now (``*_live``, gauges); exported by the service, written to reports."""
 
     impressions: int = 0
     duplicate_impressions: int = 0
@@ -164,9 +203,15 @@ class JoinStats:
     samples_positive: int = 0
     samples_negative: int = 0
     behaviours: int = 0
+    users_evicted: int = 0
+    items_evicted: int = 0
+    pairs_evicted: int = 0  # user × category pairs
+    users_live: int = 0
+    items_live: int = 0
+    pairs_live: int = 0
 
     def as_dict(self) -> dict[str, int]:
-        return {name: getattr(self, name) for name in k.STAT_NAMES}
+        return {f.name: getattr(self, f.name) for f in fields(self)}
 
 
 @dataclass(frozen=True, slots=True)
@@ -274,6 +319,7 @@ class Joiner:
         self._waiting_events: list[Impression | Click] = []
         self._max_seen = -1
         self._out: k.BatchOutput | None = None
+        self._sweep_at = self._next_sweep()
 
     # -- the public surface -------------------------------------------------------------
 
@@ -326,7 +372,10 @@ class Joiner:
 
         Returns the kernel's output (valid until the next call: its buffers are reused;
         ``counts`` says how many releases and orphans it holds) and the events it
-        processed, in that order.
+        processed, in that order. Codes must come from this joiner's interners. Codes
+        interned ahead for later batches stay valid (a key never processed is never
+        evicted) unless their key was processed and then idle for longer than the key TTL:
+        a sweep after a call may evict it and give its code to another key.
         """
         if encoded.ts.size:
             self._max_seen = max(self._max_seen, int(encoded.ts.max()))
@@ -354,7 +403,9 @@ class Joiner:
 
     @property
     def stats(self) -> JoinStats:
-        return JoinStats(*(int(v) for v in self.arrays.stats))
+        users, items, pairs = self._live_keys()
+        return JoinStats(*(int(v) for v in self.arrays.stats), users_live=users,
+                         items_live=items, pairs_live=pairs)
 
     @property
     def open_windows(self) -> int:
@@ -371,7 +422,12 @@ class Joiner:
     # -- encoded (array) path: what replay's fast path and the benchmark drive -----------
 
     def encode(self, events: Sequence[Impression | Click]) -> EncodedEvents:
-        """Intern ids and hash impression ids of a batch of event structs."""
+        """Intern ids and hash impression ids of a batch of event structs.
+
+        A click's user is not interned (its code is -1): the kernel joins a click by its
+        impression key and takes the user from the impression, so a user seen only in
+        clicks that never join would hold a code it never uses.
+        """
         n = len(events)
         kind = np.empty(n, np.int8)
         key = np.empty(n, np.int64)
@@ -382,14 +438,15 @@ class Joiner:
         users, items, cats = self.users.intern, self.items.intern, self.categories.intern
         for i, e in enumerate(events):
             key[i] = impression_key(e.impression_id)
-            user[i] = users(e.user_id)
             ts[i] = e.ts
             if type(e) is Impression:
                 kind[i] = k.IMPRESSION
+                user[i] = users(e.user_id)
                 item[i] = items(e.item_id)
                 cat[i] = cats(e.category_id)
             else:
                 kind[i] = k.CLICK
+                user[i] = -1
         return EncodedEvents(kind, key, user, item, cat, ts)
 
     def presize(self, users: int, items: int, pairs: int, batch: int) -> None:
@@ -418,9 +475,10 @@ class Joiner:
                 state[f"{name}_keys"], state[f"{name}_values"] = table_items(value)
             elif name not in ("cfg", "features_f"):
                 state[name] = value.copy()
-        state["users"] = np.array(self.users.values, dtype=str)
-        state["items"] = np.array(self.items.values, dtype=str)
-        state["categories"] = np.array(self.categories.values, dtype=str)
+        for name in ("users", "items", "categories"):
+            interner = getattr(self, name)
+            state[name] = np.array(interner.values, dtype=str)
+            state[f"{name}_free"] = np.array(interner.free, np.int64)
         open_rows = [r for r, imp in enumerate(self._impressions) if imp is not None]
         state["open_rows"] = np.array(open_rows, np.int64)
         state["open_impressions"] = np.array(
@@ -436,10 +494,14 @@ class Joiner:
         return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore a snapshot taken by :meth:`state_dict` with the same configuration."""
-        if int(state.get("format", -1)) != SNAPSHOT_FORMAT:
+        """Restore a snapshot taken by :meth:`state_dict` with the same configuration
+        (or one of format 2, taken before keys were evicted)."""
+        fmt = int(state.get("format", -1))
+        if fmt == 2:
+            state = self._from_format_2(state)
+        elif fmt != SNAPSHOT_FORMAT:
             raise ValueError(f"joiner snapshot format {state.get('format')!r}, "
-                             f"expected {SNAPSHOT_FORMAT}")
+                             f"expected {SNAPSHOT_FORMAT} (or 2)")
         if not np.array_equal(state["config"], self.config.vector()) or not np.array_equal(
                 state["half_lives_ms"], np.asarray(self.config.count_half_lives_ms)):
             raise ValueError("joiner snapshot was taken with another configuration")
@@ -451,9 +513,9 @@ class Joiner:
                 fields[name] = np.array(state[name])
         fields["features_f"] = fields["features"].view(np.float32)
         self.arrays = k.JoinArrays(**fields)
-        self.users = Interner([str(v) for v in state["users"]])
-        self.items = Interner([str(v) for v in state["items"]])
-        self.categories = Interner([str(v) for v in state["categories"]])
+        for name in ("users", "items", "categories"):
+            setattr(self, name, Interner.restore([str(v) for v in state[name]],
+                                                 state[f"{name}_free"].tolist()))
         self._impressions = [None] * len(self.arrays.features)
         for row, raw in zip(state["open_rows"], state["open_impressions"], strict=True):
             self._impressions[int(row)] = decode_impression(str(raw))
@@ -467,8 +529,106 @@ class Joiner:
         self._waiting_events = [
             decode_impression(str(raw)) if kind == k.IMPRESSION else decode_click(str(raw))
             for raw, kind in zip(state["waiting_events"], state["waiting_kinds"], strict=True)]
-        # Re-encoding interns nothing new: every waiting id was interned on arrival.
+        # Re-encoding interns nothing new: every waiting id was interned on arrival (and
+        # the sweep keeps the codes of waiting events).
         self._waiting = self.encode(self._waiting_events)
+        self._sweep_at = self._next_sweep()
+
+    def _from_format_2(self, state: dict[str, Any]) -> dict[str, Any]:
+        """A format-2 snapshot as format 3: one with no key evicted yet, valid under any
+        key TTL (format 2 had none)."""
+        state = dict(state)
+        state["config"] = np.append(state["config"], self.config.idle_key_ttl_ms)
+        state["clock"] = np.append(state["clock"], 0)  # no free pair ids
+        state["stats"] = np.append(state["stats"], np.zeros(3, np.int64))  # none evicted
+        state["free_pairs"] = np.zeros(0, np.int64)
+        for name in ("users", "items", "categories"):
+            state[f"{name}_free"] = np.zeros(0, np.int64)
+        return state
+
+    # -- eviction of idle keys --------------------------------------------------------
+
+    def sweep(self) -> int:
+        """Evict every user, item and user × category pair idle for longer than the key TTL
+        (in event time: the watermark minus its newest update); return how many.
+
+        The joiner sweeps by itself after a batch once some kind of key has a quarter of
+        its table's size more live keys than after the last sweep, so a sweep's cost (a
+        pass over the key tables and the behaviour store) is amortised over that many new
+        keys. What a key reads never depends on when a sweep ran: the kernel already
+        treats an idle key as new (:mod:`features.counting`). Kept whatever their idle
+        time: keys of impressions still remembered, of feature rows the caller may still
+        read and of waiting events, and keys interned but never processed.
+        """
+        a, c = self.arrays, self.counters
+        now = int(a.clock[k.K_MAX_TS])
+        before = now - self.config.idle_key_ttl_ms
+        idle = [c.idle(kind, before) for kind in range(3)]
+        evicted = 0
+        if any(codes.size for codes in idle):
+            evicted = self._evict(now, *idle)
+        self._sweep_at = self._next_sweep()
+        return evicted
+
+    def _evict(self, now: int, users: np.ndarray, items: np.ndarray, pairs: np.ndarray
+               ) -> int:
+        a = self.arrays
+        in_use = self._codes_in_use()
+        users, items, pairs = (np.setdiff1d(codes, used)
+                               for codes, used in zip((users, items, pairs), in_use,
+                                                      strict=True))
+        keys, values = table_items(a.pairs)
+        # An evicted user's pairs go too, so a new user given its code cannot find them
+        # (they are idle anyway: a pair is updated only together with its user).
+        gone = np.isin(values, pairs) | np.isin(keys >> 32, users)
+        pairs = values[gone]
+        # Rows past the behaviour TTL are all that is left of these keys in the store:
+        # drop them, so no row refers to a code that will be reused.
+        self.store.reclaim(now)
+        self.store.forget(users, pairs)
+        for kind, codes in enumerate((users, items, pairs)):
+            self.counters.clear(kind, codes)
+        free_pairs = np.concatenate([a.free_pairs[: a.clock[k.K_FREE_PAIRS]], pairs])
+        a.clock[k.K_FREE_PAIRS] = free_pairs.size
+        a.stats[k.S_USERS_EVICTED] += users.size
+        a.stats[k.S_ITEMS_EVICTED] += items.size
+        a.stats[k.S_PAIRS_EVICTED] += pairs.size
+        self.arrays = a._replace(
+            pairs=table_from_items(keys[~gone], values[~gone], len(a.pairs.entries)),
+            free_pairs=free_pairs)
+        self.users.release(users.tolist())
+        self.items.release(items.tolist())
+        return int(users.size + items.size + pairs.size)
+
+    def _codes_in_use(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Users, items and pairs the joiner still refers to whatever their idle time: those
+        of remembered impressions (a late click is behaviour of their user, item and pair),
+        the items in the feature rows the caller may still read, and waiting events'."""
+        a = self.arrays
+        _, slot_ids = table_items(a.index)
+        slots = a.slots[slot_ids]
+        rows = slots[:, k.SL_ROW]
+        rows = np.concatenate([rows[rows >= 0], a.pending_rows[: a.clock[k.K_PENDING_ROWS]]])
+        f = a.features[rows]
+        items = [slots[:, k.SL_ITEM], self._waiting.item]
+        for length, at, n in ((k.F_RECENT_LEN, self._layout[0], self.config.recent_length),
+                              (k.F_TOPK_LEN, self._layout[1], self.config.lifelong_top_k)):
+            sequence = f[:, at:at + 3 * n:3]
+            items.append(sequence[np.arange(n) < f[:, length, None]])
+        return (np.concatenate([slots[:, k.SL_USER], self._waiting.user]),
+                np.concatenate(items), slots[:, k.SL_PAIR])
+
+    def _live_keys(self) -> tuple[int, int, int]:
+        clock = self.arrays.clock
+        return (len(self.users), len(self.items),
+                int(clock[k.K_PAIRS] - clock[k.K_FREE_PAIRS]))
+
+    def _next_sweep(self) -> tuple[int, ...]:
+        """Live key counts at which the next sweep is due: a quarter of each table's size
+        more than now (so a sweep that finds nothing idle is not repeated at once)."""
+        return tuple(live + len(table) // 4
+                     for live, table in zip(self._live_keys(), self.counters.arrays.tables,
+                                            strict=True))
 
     # -- internals ------------------------------------------------------------------------
 
@@ -496,13 +656,15 @@ class Joiner:
             # The compiled code does not check bounds: codes must come from our interners.
             for codes, interner in ((e.user, self.users), (e.item, self.items),
                                     (e.cat, self.categories)):
-                if codes.max() >= len(interner) or codes.min() < -1:
+                if codes.max() >= interner.bound or codes.min() < -1:
                     raise ValueError("encoded events hold codes this joiner never interned")
         n_imp = int(np.count_nonzero(e.kind == k.IMPRESSION))
         self._reserve(n_imp, len(e.kind))
         out = self._output(len(e.kind))
         k.process_batch(self.arrays, self.store.arrays, self.counters.arrays,
                         e.kind, e.key, e.user, e.item, e.cat, e.ts, out, until, final)
+        if any(n >= at for n, at in zip(self._live_keys(), self._sweep_at, strict=True)):
+            self.sweep()
         return out
 
     def _run(self, due: EncodedEvents, events: list[Impression | Click], until: int,
@@ -586,21 +748,22 @@ class Joiner:
                                            held=table_reserve(self.arrays.held,
                                                               events - impressions))
         pairs = int(self.arrays.clock[k.K_PAIRS]) + impressions
-        self.store.reserve(events + self.held_clicks, len(self.users), pairs, now)
-        self.counters.reserve(len(self.users), len(self.items), pairs)
+        self.store.reserve(events + self.held_clicks, self.users.bound, pairs, now)
+        self.counters.reserve(self.users.bound, self.items.bound, pairs)
 
     def _new_arrays(self, slots: int, rows: int) -> k.JoinArrays:
         c = self.config
         features = np.zeros((rows, self._layout[2]), np.int32)
         return k.JoinArrays(
             cfg=c.vector(),
-            clock=np.array([-1, -1, slots, rows, 0, 0, 0, 0, 0, 0, 0, 0], np.int64),
+            clock=np.array([-1, -1, slots, rows, 0, 0, 0, 0, 0, 0, 0, 0, 0], np.int64),
             stats=np.zeros(len(k.STAT_NAMES), np.int64),
             slots=self._free_slot_rows(slots),
             free_slots=np.arange(slots - 1, -1, -1, dtype=np.int64),
             free_rows=np.arange(rows - 1, -1, -1, dtype=np.int64),
             pending_rows=np.zeros(rows, np.int64),
-            index=new_table(2 * slots), pairs=new_table(), ends=np.zeros((slots, 3), np.int64),
+            index=new_table(2 * slots), pairs=new_table(), free_pairs=np.zeros(0, np.int64),
+            ends=np.zeros((slots, 3), np.int64),
             late_ends=np.zeros((slots, 3), np.int64), expiries=np.zeros((slots, 3), np.int64),
             held=new_table(),
             held_expiries=np.zeros((1024, 3), np.int64),

@@ -66,11 +66,13 @@ NO_CLICK, LATE_CLICK = -1, -2
 STAT_NAMES = (
     "impressions", "duplicate_impressions", "clicks", "clicks_joined", "duplicate_clicks",
     "late_clicks", "orphan_clicks", "samples_positive", "samples_negative", "behaviours",
+    "users_evicted", "items_evicted", "pairs_evicted",
 )
 (S_IMPS, S_DUP_IMPS, S_CLICKS, S_JOINED, S_DUP_CLICKS, S_LATE, S_ORPHANS, S_POS, S_NEG,
- S_BEHAVIOURS) = range(len(STAT_NAMES))
+ S_BEHAVIOURS, S_USERS_EVICTED, S_ITEMS_EVICTED, S_PAIRS_EVICTED) = range(len(STAT_NAMES))
 # Configuration vector.
-(C_WINDOW, C_LATENESS, C_RETENTION, C_MODE, C_RECENT, C_TOPK, C_CAP, C_TTL) = range(8)
+(C_WINDOW, C_LATENESS, C_RETENTION, C_MODE, C_RECENT, C_TOPK, C_CAP, C_TTL,
+ C_KEY_TTL) = range(9)
 # FEATURES: layout of an impression's feature row (int32 units). The two lengths and
 # the counting features come first (always written); then the recent sequence and the
 # same-category sequence as (item, category, age) triples, interleaved so the first
@@ -86,12 +88,13 @@ def feature_layout(recent: int, top_k: int, counts: int) -> tuple[int, int, int]
     return recent_at, topk_at, topk_at + 3 * top_k
 # Clock vector: times, free-list tops, heap sizes, ring heads and lengths.
 (K_WATERMARK, K_MAX_TS, K_FREE_SLOTS, K_FREE_ROWS, K_PENDING_ROWS, K_LATE_ENDS,
- K_HELD_EXPIRIES, K_ENDS_HEAD, K_ENDS, K_EXPIRIES_HEAD, K_EXPIRIES, K_PAIRS) = range(12)
+ K_HELD_EXPIRIES, K_ENDS_HEAD, K_ENDS, K_EXPIRIES_HEAD, K_EXPIRIES, K_PAIRS,
+ K_FREE_PAIRS) = range(13)
 
 
 class JoinArrays(NamedTuple):
-    cfg: np.ndarray  # int64 (8,)
-    clock: np.ndarray  # int64 (12,)
+    cfg: np.ndarray  # int64 (9,)
+    clock: np.ndarray  # int64 (13,)
     stats: np.ndarray  # int64 (len(STAT_NAMES),)
     slots: np.ndarray  # int64 (S, 8): one cache line per impression, columns SL_*
     free_slots: np.ndarray  # int64 (S,) stack; clock[K_FREE_SLOTS] entries
@@ -99,6 +102,7 @@ class JoinArrays(NamedTuple):
     pending_rows: np.ndarray  # int64 (R,) rows released in the last batch
     index: HashTable  # impression key -> slot
     pairs: HashTable  # user << 32 | category -> pair id (rows of store and counters)
+    free_pairs: np.ndarray  # int64 stack of pair ids of evicted pairs; clock[K_FREE_PAIRS]
     ends: np.ndarray  # int64 (S, 3) ring of (window end, arrival number, slot)
     late_ends: np.ndarray  # int64 (S, 3) heap of the same, for ends pushed out of order
     expiries: np.ndarray  # int64 (S, 3) ring of (retention end, slot, impression key)
@@ -228,11 +232,17 @@ def _tick(j, out, ts, event):
 
 
 @nb.njit(cache=True, inline="always")
+def _fresh_before(j) -> int:
+    """Keys idle since before this time (the watermark minus the key TTL) count as new."""
+    return j.clock[K_MAX_TS] - j.cfg[C_KEY_TTL]
+
+
+@nb.njit(cache=True, inline="always")
 def _behaviour(j, store, counters, slot, click_ts):
     """A click on a known impression is behaviour: stored and counted at its own time."""
     user, item, pair = j.slots[slot, SL_USER], j.slots[slot, SL_ITEM], j.slots[slot, SL_PAIR]
     store_add(store, user, item, j.slots[slot, SL_CAT], pair, click_ts)
-    counters_add(counters, user, item, pair, click_ts, 1)
+    counters_add(counters, user, item, pair, click_ts, 1, _fresh_before(j))
     j.stats[S_BEHAVIOURS] += 1
 
 
@@ -260,12 +270,18 @@ def _join(j, store, counters, out, slot, click_ts, event, phase, click_event):
 
 @nb.njit(cache=True, inline="always")
 def _pair(j, user, cat) -> int:
-    """The id of the (user, category) pair, numbered in first-seen order."""
+    """The id of the (user, category) pair: an evicted pair's id if there is one, else the
+    next unused one."""
     key = (np.int64(user) << 32) | np.int64(cat)
     pair = table_get(j.pairs, key, -1)
     if pair < 0:
-        pair = j.clock[K_PAIRS]
-        j.clock[K_PAIRS] = pair + 1
+        free = j.clock[K_FREE_PAIRS]
+        if free > 0:
+            pair = j.free_pairs[free - 1]
+            j.clock[K_FREE_PAIRS] = free - 1
+        else:
+            pair = j.clock[K_PAIRS]
+            j.clock[K_PAIRS] = pair + 1
         table_set(j.pairs, key, pair)
     return pair
 
@@ -300,7 +316,7 @@ def _impression(j, store, counters, out, i, key, user, item, cat, ts):
     n_recent, n_topk = j.cfg[C_RECENT], j.cfg[C_TOPK]
     f, ff = j.features, j.features_f
     recent_at, topk_at, _ = feature_layout(n_recent, n_topk, 6 * counters.decay_per_ms.size)
-    counters_observe(counters, user, item, pair, ts, ff, row, F_COUNTS)
+    counters_observe(counters, user, item, pair, ts, _fresh_before(j), ff, row, F_COUNTS)
     f[row, F_RECENT_LEN] = store_recent(store, user, ts, n_recent, cap, ttl, slack, f, ff, row,
                                         recent_at)
     f[row, F_TOPK_LEN] = store_same_category(store, user, pair, ts, n_topk, cap, ttl, slack, f,

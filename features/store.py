@@ -193,7 +193,7 @@ class BehaviourStore:
         self.arrays = a
         if len(self) + rows <= self.capacity:
             return
-        self._reclaim(now)
+        self.reclaim(now)
         a = self.arrays
         needed = len(self) + rows
         if needed > self.capacity or len(self) > 0.75 * self.capacity:
@@ -207,7 +207,15 @@ class BehaviourStore:
                 for name in ("user", "item", "cat", "ts", "prev_user", "prev_uc", "seq")
             })
 
-    def _reclaim(self, now: int) -> None:
+    def forget(self, users: np.ndarray, pairs: np.ndarray) -> None:
+        """Make ``users`` and ``pairs`` (evicted keys, whose codes will be reused) keys with
+        no history. Call :meth:`reclaim` first, so no row is left that refers to them."""
+        a = self.arrays
+        a.users[users, HEAD] = -1
+        a.users[users, TOTAL] = 0
+        a.pair_head[pairs] = -1
+
+    def reclaim(self, now: int) -> None:
         """Drop rows no read can reach any more (past the cap or the TTL), in place."""
         a = self.arrays
         n = len(self)
