@@ -210,6 +210,14 @@ class ServiceMetrics:
             "streamctr_open_windows", "Impressions waiting for a click or their window end",
             registry=r,
         )
+        self.joiner_keys = Gauge(
+            "streamctr_joiner_keys", "Users, items and user × category pairs the joiner holds",
+            ["kind"], registry=r,
+        )
+        self.joiner_keys_evicted = Counter(
+            "streamctr_joiner_keys_evicted", "Keys the joiner evicted, idle past its key TTL",
+            ["kind"], registry=r,
+        )
         self.label_delay = Histogram(
             "streamctr_label_delay_seconds",
             "Event time from an impression to its joined click",
@@ -415,6 +423,10 @@ class ServiceMetrics:
         self._inc(self.samples.labels("0"), stats.samples_negative - last.samples_negative)
         self._inc(self.duplicate_impressions,
                   stats.duplicate_impressions - last.duplicate_impressions)
+        for kind in ("users", "items", "pairs"):
+            self._inc(self.joiner_keys_evicted.labels(kind),
+                      getattr(stats, f"{kind}_evicted") - getattr(last, f"{kind}_evicted"))
+            self.joiner_keys.labels(kind).set(getattr(stats, f"{kind}_live"))
         self._last_stats = JoinStats(**stats.as_dict())
         self.open_windows.set(open_windows)
         for name, window in self._windows.items():
