@@ -68,9 +68,8 @@ def run(config: JoinerConfig, events: list, batch: int = 50, sweep_every_batch: 
 def fresh_features(config: JoinerConfig, event: Impression) -> tuple:
     """What an impression reads from a joiner that never saw its user, item or pair."""
     j = Joiner(config)
-    row = j.push([event]).rows
-    row = j.settle().rows[0] if not len(row) else row[0]
-    f = j.features(int(row))
+    j.push([event])  # it waits for a newer event ...
+    f = j.features(int(j.settle().rows[0]))  # ... or for the input to go idle
     return f.recent, f.same_category, f.counts.tolist()
 
 
@@ -95,11 +94,17 @@ def test_idle_user_is_evicted_after_key_ttl_and_returns_fresh():
 
 
 def test_idle_key_reads_fresh_whether_or_not_a_sweep_ran():
-    events = churn(12)
+    # A user and item of each of the first generations come back 7 s later, past the TTL.
+    back = [imp(f"back{g}", (g + 7) * GENERATION_MS + 510, f"u{g}-3", f"i{g}-3", "c3")
+            for g in range(5)]
+    events = sorted(churn(12) + back, key=lambda e: e.ts)
     (swept, with_sweeps), (unswept, without) = (run(CONFIG, events, sweep_every_batch=True),
                                                 run(CONFIG, events))
     assert swept.stats.users_evicted > 0 and unswept.stats.users_evicted == 0
     assert with_sweeps == without
+    returned = [seen for seen in without if seen[0].startswith("back")]
+    assert len(returned) == 5
+    assert all(seen[1:] == ([], [], [0.0] * 6) for seen in returned)
 
 
 def test_eviction_never_changes_features_of_live_keys():
