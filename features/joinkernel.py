@@ -17,7 +17,9 @@ State (``JoinArrays``):
   their window ends do too; a heap takes the few late ones), retention ends (a
   ring) and held-click expiries (a heap);
 * the behaviour store and the counters (see :mod:`features.store`,
-  :mod:`features.counting`).
+  :mod:`features.counting`), indexed by user and item codes and by pair ids; a key
+  idle past the key TTL reads as new, and the ids of pairs the joiner's sweep
+  evicted wait in a free stack for the next new pair.
 
 Outputs: a status and a feature row per event, the releases (samples whose label
 the caller must act on) in the order they happen, and orphaned clicks.
