@@ -526,8 +526,14 @@ class ConfluentConsumer:
             if starts.get(tp, self._ck.OFFSET_BEGINNING) == self._ck.OFFSET_BEGINNING:
                 starts[tp] = self.offsets_range(tp)[0]
         self._positions = {tp: o for tp, o in starts.items() if tp in tps}
-        self._paused &= tps
-        client.assign([self._ck_tp(tp, o) for tp, o in self._positions.items()])
+        self._paused.clear()
+        assigned = [self._ck_tp(tp, o) for tp, o in self._positions.items()]
+        client.assign(assigned)
+        # librdkafka keeps a partition paused across revocation and assignment; the
+        # interface (as kafka-python) starts every assigned partition unpaused. Without
+        # this a partition paused before a rebalance never delivered again (the merge
+        # then waited on it for good).
+        client.resume(assigned)
 
     def _on_revoke(self, client: Any, partitions: list[Any]) -> None:
         assert self._listener is not None
@@ -669,7 +675,11 @@ class ConfluentProducer:
         self.client = ck.Producer({
             "bootstrap.servers": config.bootstrap,
             "acks": "all",
-            "enable.idempotence": True,  # ordered, no duplicates under retries
+            # Ordered under retries as kafka-python's (one request in flight). Not the
+            # idempotent producer: a broker that lost its state (a restarted broker with
+            # memory storage) fails its sequence numbers fatally, and every later flush
+            # would time out; what is produced is at-least-once anyway (pipeline.service).
+            "max.in.flight.requests.per.connection": 1,
             "linger.ms": linger_ms,
             "batch.size": batch_bytes,
             "partitioner": "murmur2_random",  # the Java client's (and kafka-python's) choice
