@@ -21,8 +21,9 @@ What the interface fixes, whichever library is below:
   do (librdkafka's own default is CRC32), so the same ``user_id`` lands on the same
   partition whichever client produced it — impressions and clicks stay co-partitioned;
 * ``Producer.flush`` raises :class:`FlushTimeout` if records are still queued and
-  :class:`ProduceFailed` if any record since the last flush was not delivered: a
-  checkpoint is written only when everything produced before it is acknowledged.
+  :class:`ProduceFailed` — from then on, at every flush — once any record could not
+  be delivered (retried until the library's delivery timeout): a checkpoint is
+  written only when everything produced before it is acknowledged.
 
 Security settings (:class:`KafkaSecurity`) are passed to both libraries; passwords
 are kept out of ``repr`` and never logged.
@@ -396,11 +397,13 @@ class KafkaPythonProducer:
         from kafka.errors import KafkaConnectionError, KafkaTimeoutError
 
         with _broker_unreachable(KafkaTimeoutError, KafkaConnectionError):
+            # Retried until delivery_timeout_ms (2 min by default): an outage shorter than
+            # that loses nothing. One request in flight keeps the order under retries; not
+            # idempotent, as with confluent (see there).
             self.client = KafkaProducer(
                 bootstrap_servers=config.bootstrap, acks="all", linger_ms=linger_ms,
-                batch_size=batch_bytes,
-                max_in_flight_requests_per_connection=1,  # per-partition order under retries
-                retries=5, **config.security.kafka_python())
+                batch_size=batch_bytes, max_in_flight_requests_per_connection=1,
+                enable_idempotence=False, **config.security.kafka_python())
         self._failures: list[BaseException] = []
 
     def send(self, topic: str, value: bytes, key: bytes | None = None,
@@ -432,10 +435,12 @@ def _broker_unreachable(*caught: type[BaseException]) -> Iterator[None]:
 
 
 def _raise_failures(failures: list[Any]) -> None:
+    # Sticky: once a record is lost, no later flush succeeds, so no checkpoint can ever
+    # claim what was produced before it was delivered (a restart from the last good
+    # checkpoint produces it again).
     if failures:
-        n, first = len(failures), failures[0]
-        failures.clear()
-        raise ProduceFailed(f"{n} record(s) not delivered, the first: {first}")
+        raise ProduceFailed(f"{len(failures)} record(s) not delivered, the first: "
+                            f"{failures[0]}")
 
 
 # --------------------------------------------------------------------------- confluent-kafka
@@ -675,10 +680,10 @@ class ConfluentProducer:
         self.client = ck.Producer({
             "bootstrap.servers": config.bootstrap,
             "acks": "all",
-            # Ordered under retries as kafka-python's (one request in flight). Not the
-            # idempotent producer: a broker that lost its state (a restarted broker with
-            # memory storage) fails its sequence numbers fatally, and every later flush
-            # would time out; what is produced is at-least-once anyway (pipeline.service).
+            # Ordered under retries as kafka-python's (one request in flight); retried up to
+            # message.timeout.ms (5 min). Not the idempotent producer: a broker that lost
+            # its state (a restarted broker with memory storage) fails its producer id
+            # fatally; what is produced is at-least-once anyway (pipeline.service).
             "max.in.flight.requests.per.connection": 1,
             "linger.ms": linger_ms,
             "batch.size": batch_bytes,

@@ -17,7 +17,9 @@ checkpoint is taken every ``checkpoint_interval_s``, when partitions are revoked
 and on stop, always between two batches and in this order:
 
 1. flush the producers, so every DLQ and samples record of processed input is
-   acknowledged (if they cannot be flushed in ``flush_timeout_s``, no checkpoint);
+   acknowledged (if they cannot be flushed in ``flush_timeout_s``, no checkpoint; if
+   a record could not be delivered at all, the service stops with an error: its
+   last checkpoint predates the loss, and a restart produces the record again);
 2. write the checkpoint and make it durable;
 3. commit the same offsets to the consumer group — only for lag monitoring: where
    to read is always taken from the checkpoint.
@@ -595,7 +597,12 @@ class Service:
         started = time.perf_counter()
         try:
             self._producer.flush(self.config.flush_timeout_s)
-        except (FlushTimeout, ProduceFailed) as exc:
+        except ProduceFailed:
+            # Records of processed input are lost: no checkpoint may follow. Stop, so a
+            # restart resumes from the last good checkpoint and produces them again.
+            self.metrics.on_checkpoint_failed()
+            raise
+        except FlushTimeout as exc:
             self.metrics.on_checkpoint_failed()
             if required:
                 raise
