@@ -161,13 +161,17 @@ def _add_joiner_options(opts: Options, parser: argparse.ArgumentParser) -> None:
              help="clicks kept per user in the lifelong store")
     opts.add(parser, "--lifelong-ttl", type=parse_duration_ms, default=d.lifelong_ttl_ms,
              help="age after which a click leaves the lifelong store, ms")
+    opts.add(parser, "--key-ttl", type=parse_duration_ms, default=None,
+             help="event time a user, item or user x category may stay idle before its "
+                  "state is evicted (default and minimum: the longer of --lifelong-ttl "
+                  "and 24 count half-lives, when nothing of it is observable any more)")
 
 
 def _joiner_config(args: argparse.Namespace, mode: str = "wait") -> JoinerConfig:
     return JoinerConfig(window_ms=args.window, allowed_lateness_ms=args.allowed_lateness,
                         mode=mode, recent_length=args.recent_length,  # type: ignore[arg-type]
                         lifelong_top_k=args.lifelong_top_k, lifelong_cap=args.lifelong_cap,
-                        lifelong_ttl_ms=args.lifelong_ttl)
+                        lifelong_ttl_ms=args.lifelong_ttl, key_ttl_ms=args.key_ttl)
 
 
 def _topics(args: argparse.Namespace):  # -> Topics (import deferred: kafka-heavy modules)

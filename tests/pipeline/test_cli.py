@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import subprocess
@@ -8,7 +9,8 @@ import sys
 import pytest
 
 from learners import LEARNERS
-from pipeline.cli import main
+from pipeline.cli import _add_kafka_options, _kafka_config, main
+from pipeline.config import Options
 
 COMMANDS = ["demo", "broker", "generate", "produce", "serve", "replay"]
 
@@ -60,6 +62,29 @@ def test_bad_window_from_environment_names_the_variable(capsys, tmp_path, monkey
     monkeypatch.setenv("STREAMCTR_WINDOW", "forever")
     assert main(["replay", str(tmp_path), "--report", str(tmp_path / "r")]) == 2
     assert "STREAMCTR_WINDOW" in one_line_error(capsys)
+
+
+def test_a_key_ttl_below_its_minimum_is_a_one_line_error(capsys, small_stream, tmp_path):
+    assert main(["replay", str(small_stream), "--report", str(tmp_path / "r"),
+                 "--key-ttl", "1h"]) == 2
+    assert "key_ttl_ms must be >=" in one_line_error(capsys)
+
+
+def test_a_password_has_no_flag_and_comes_from_the_environment(capsys, monkeypatch):
+    with pytest.raises(SystemExit):
+        main(["produce", "x", "--bootstrap", "h:1", "--sasl-password", "hunter2"])
+    assert "unrecognized arguments: --sasl-password" in capsys.readouterr().err
+    parser = argparse.ArgumentParser()
+    opts = Options("serve")
+    _add_kafka_options(opts, parser)
+    opts.add(parser, "--bootstrap", help="b")
+    monkeypatch.setenv("STREAMCTR_SASL_PASSWORD", "hunter2")
+    args = opts.resolve(parser.parse_args(["--bootstrap", "h:1", "--security-protocol",
+                                           "SASL_SSL", "--sasl-mechanism", "PLAIN",
+                                           "--sasl-username", "svc"]))
+    security = _kafka_config(args).security
+    assert security.sasl_password == "hunter2" and "hunter2" not in repr(security)
+    assert "STREAMCTR_SASL_PASSWORD" in parser.epilog
 
 
 def test_generate_then_replay_writes_a_report_with_the_design_schema(tmp_path):
