@@ -52,6 +52,9 @@ def _load(name: str, path: Path):
 learners_bench = _load("bench_learners", Path(__file__).parent / "learners.py")
 din_bench = _load("bench_din", Path(__file__).parent / "din.py")
 soak_bench = _load("bench_soak", Path(__file__).parent / "soak.py")
+service_bench = _load("bench_service", Path(__file__).parent / "service.py")
+checkpoint_bench = _load("bench_checkpoint", Path(__file__).parent / "checkpoint.py")
+recovery_bench = _load("bench_recovery", Path(__file__).parent / "recovery.py")
 
 
 def median_time(fn: Callable[[], object], runs: int) -> float:
@@ -168,51 +171,6 @@ def bench_replay(runs: int, data: Path, max_events: int) -> list[str]:
     return lines
 
 
-def bench_service(data: Path, n_events: int) -> list[str]:
-    """Produce a folder to the embedded broker, then time the service and a bare consumer."""
-    from kafka import KafkaConsumer, TopicPartition
-
-    from pipeline.broker import EmbeddedBroker
-    from pipeline.produce import produce_folder
-    from pipeline.service import Service, ServiceConfig
-
-    with EmbeddedBroker() as broker:
-        broker.create_topics(["impressions", "clicks", "samples", "dlq"])
-        produced = produce_folder(data, broker.bootstrap, show_progress=False)
-        records = produced.impressions + produced.clicks
-
-        start = time.perf_counter()
-        consumer = KafkaConsumer(bootstrap_servers=broker.bootstrap, consumer_timeout_ms=3_000)
-        consumer.assign([TopicPartition("impressions", 0), TopicPartition("clicks", 0)])
-        consumer.seek_to_beginning()
-        bare = sum(1 for _ in consumer)
-        bare_s = time.perf_counter() - start - 3.0  # the idle timeout that ended the loop
-        consumer.close()
-
-        service = Service(ServiceConfig(bootstrap=broker.bootstrap, metrics_port=None,
-                                        max_events=records, group_id="bench"))
-        summary = service.run()
-    assert bare == records
-    served = records / (summary.wall_seconds - summary.seconds_to_first_record)
-    return [
-        "## Service end to end (embedded broker)",
-        "",
-        f"{records:,} records of the synthetic stream, one run:",
-        "",
-        "| stage | records/s |",
-        "|---|---:|",
-        f"| `streamctr produce` (kafka-python producer, acks=all) | "
-        f"{records / produced.seconds:,.0f} |",
-        f"| bare kafka-python consumer, same topics (baseline) | {bare / bare_s:,.0f} |",
-        f"| `streamctr serve` (decode, merge, join, FTRL, metrics) | {served:,.0f} |",
-        "",
-        f"The service runs at **{served / (bare / bare_s):.2f}×** the bare consumer's rate "
-        f"(timed from its first record; joining the consumer group took a further "
-        f"{summary.seconds_to_first_record:.1f} s).",
-        "",
-    ]
-
-
 def bench_auc(runs: int, n: int) -> list[str]:
     from sklearn.metrics import roc_auc_score
 
@@ -236,8 +194,8 @@ def bench_auc(runs: int, n: int) -> list[str]:
     ]
 
 
-SECTIONS = ("generator", "learners", "quality", "din", "replay", "service", "auc", "joiner",
-            "soak")
+SECTIONS = ("generator", "learners", "quality", "din", "replay", "service", "checkpoint",
+            "recovery", "auc", "joiner", "soak")
 
 
 def _split(lines: list[str]) -> tuple[list[str], dict[str, list[str]]]:
@@ -280,6 +238,11 @@ def main() -> int:
         data = Path(tmp) / "stream"
         replay_events = 200_000 // scale  # the service section's stream
         write_stream(generate(replay_events, seed=0), data)
+        # Recovery restarts the service with every learner: a shorter stream keeps it minutes.
+        recovery_events = 100_000 // scale
+        recovery_data = Path(tmp) / "recovery-stream"
+        if args.only is None or "recovery" in args.only:
+            write_stream(generate(recovery_events, seed=0), recovery_data)
         benches = [
             ("generator", lambda: bench_generator(runs, 1_000_000 // scale)),
             ("learners", lambda: learners_bench.markdown(
@@ -289,7 +252,13 @@ def main() -> int:
                 list(quality_bench.DEFAULT_LEARNERS))),
             ("din", lambda: din_bench.run(runs, quick=args.quick)),
             ("replay", lambda: bench_replay(runs, data, 100_000 // scale)),
-            ("service", lambda: bench_service(data, replay_events)),
+            ("service", lambda: service_bench.markdown(
+                service_bench.measure(data, replay_events, runs))),
+            ("checkpoint", lambda: checkpoint_bench.markdown(checkpoint_bench.measure(
+                data, replay_events, (10_000 // scale, 50_000 // scale, replay_events), runs))),
+            ("recovery", lambda: recovery_bench.markdown(
+                recovery_bench.measure(recovery_data, 2 if args.quick else 4),
+                recovery_events)),
             ("auc", lambda: bench_auc(runs, 10_000_000 // scale)),
             ("joiner", lambda: joiner_bench.markdown(
                 joiner_bench.throughput(runs, 10_000_000 // scale, 200_000 // scale),
