@@ -34,7 +34,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, NamedTuple, Protocol
 
@@ -542,19 +542,17 @@ class ConfluentConsumer:
 
     def _on_revoke(self, client: Any, partitions: list[Any]) -> None:
         assert self._listener is not None
-        tps = {TopicPartition(p.topic, p.partition) for p in partitions}
-        self._listener.on_partitions_revoked(tps)
-        self._forget(tps)
-        client.unassign()
+        self._take_away(client, partitions, self._listener.on_partitions_revoked)
 
     def _on_lost(self, client: Any, partitions: list[Any]) -> None:
         assert self._listener is not None
-        tps = {TopicPartition(p.topic, p.partition) for p in partitions}
-        self._listener.on_partitions_lost(tps)
-        self._forget(tps)
-        client.unassign()
+        self._take_away(client, partitions, self._listener.on_partitions_lost)
 
-    def _forget(self, tps: set[TopicPartition]) -> None:
+    def _take_away(self, client: Any, partitions: list[Any],
+                   tell: Callable[[set[TopicPartition]], None]) -> None:
+        tps = {TopicPartition(p.topic, p.partition) for p in partitions}
+        tell(tps)
+        client.unassign()
         self._assigned -= tps
         self._paused -= tps
         for tp in tps:
