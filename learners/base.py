@@ -20,8 +20,8 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
-__all__ = ["Learner", "LearnerError", "QueuedScoring", "batch_labels", "check_float", "check_int",
-           "check_state", "good_weight", "learn_each"]
+__all__ = ["Learner", "LearnerError", "PreparedInput", "QueuedScoring", "batch_labels",
+           "check_float", "check_int", "check_state", "good_weight", "learn_each"]
 
 
 class LearnerError(ValueError):
@@ -95,6 +95,25 @@ class QueuedScoring(Protocol):
     def queued_score(self, ticket: int) -> float:
         """The score of a queued impression (each ticket can be read once)."""
         ...
+
+
+@runtime_checkable
+class PreparedInput(Protocol):
+    """Optional for learners that turn a feature dict into their own input first (FTRL:
+    the hashed row), so that an impression scored now and learned later is turned once.
+
+    ``prepare(x)`` validates and converts ``x`` (raising :class:`LearnerError` as
+    ``predict_proba_one`` would); the result depends on ``x`` and the hyper-parameters
+    only, never on the learned state. ``predict_prepared(p)`` and
+    ``learn_prepared(p, y, w)`` then equal ``predict_proba_one(x)`` and
+    ``learn_one(x, y, w)`` exactly.
+    """
+
+    def prepare(self, x: dict[str, float]) -> Any: ...
+
+    def predict_prepared(self, prepared: Any) -> float: ...
+
+    def learn_prepared(self, prepared: Any, y: int, w: float = 1.0) -> None: ...
 
 
 def check_int(name: str, value: Any, low: int, high: int | None = None) -> int:

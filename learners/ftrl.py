@@ -51,7 +51,7 @@ from __future__ import annotations
 import math
 import numbers
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import numba as nb
 import numpy as np
@@ -491,6 +491,27 @@ class FTRLProximal:
         except LearnerError:
             raise _bad_values(x) from None
 
+    # -- PreparedInput: the engine hashes an impression's row once, to score and learn it --
+
+    def prepare(self, x: Mapping[str, float]) -> _Row:
+        """``x``'s hashed row (crosses added); bad values raise :class:`LearnerError`."""
+        row = _Row(*self._row(x))
+        if not np.isfinite(row.values).all():
+            raise _bad_values(x)
+        return row
+
+    def predict_prepared(self, prepared: _Row) -> float:
+        """:meth:`predict_proba_one` of the ``x`` that was prepared."""
+        return float(self._call(*prepared, _NO_LABEL, _NO_WEIGHT, False)[0])
+
+    def learn_prepared(self, prepared: _Row, y: int, w: float = 1.0) -> None:
+        """:meth:`learn_one` of the ``x`` that was prepared."""
+        if isinstance(y, bool) or y not in (0, 1):
+            raise LearnerError(f"label must be 0 or 1, got {y!r}")
+        if not good_weight(w):
+            raise LearnerError(f"sample weight must be finite and >= 0, got {w!r}")
+        self._call(*prepared, _LABEL[y], np.array([float(w)]), True)
+
     def predict_proba_many(self, batch: Batch) -> np.ndarray:
         """Click probabilities of ``batch`` as a float64 array (no state change)."""
         b = self._batch(batch)
@@ -517,6 +538,14 @@ class FTRLProximal:
         b = self._batch(batch)
         ys, ws = batch_labels(y, w, len(b))
         return self._call(b.indptr, b.hashes, b.values, ys, ws, True)
+
+
+class _Row(NamedTuple):
+    """One sample as the kernel reads it (``indptr`` is ``[0, n]``)."""
+
+    indptr: np.ndarray
+    hashes: np.ndarray
+    values: np.ndarray
 
 
 _NO_LABEL = np.zeros(1, np.int8)

@@ -220,7 +220,8 @@ class Consumer(Protocol):
     def resume(self, *partitions: TopicPartition) -> None: ...
     def position(self, tp: TopicPartition) -> int: ...
     def highwater(self, tp: TopicPartition) -> int | None: ...
-    def offsets_range(self, tp: TopicPartition) -> tuple[int, int]: ...
+    def offsets_range(self, tp: TopicPartition) -> tuple[int, int]:
+        """(log start, log end) asked of the broker; KafkaClientError if it cannot say."""
     def seek(self, tp: TopicPartition, offset: int) -> None: ...
     def seek_to_beginning(self, *partitions: TopicPartition) -> None: ...
     def commit(self, offsets: Mapping[TopicPartition, int]) -> None: ...
@@ -357,7 +358,12 @@ class KafkaPythonConsumer:
         return self.client.highwater(tp)
 
     def offsets_range(self, tp: TopicPartition) -> tuple[int, int]:
-        return (self.client.beginning_offsets([tp])[tp], self.client.end_offsets([tp])[tp])
+        from kafka.errors import KafkaError
+
+        try:
+            return (self.client.beginning_offsets([tp])[tp], self.client.end_offsets([tp])[tp])
+        except KafkaError as exc:  # the broker did not answer in request_timeout_ms
+            raise KafkaClientError(f"log bounds of {tp.topic}/{tp.partition}: {exc}") from exc
 
     def seek(self, tp: TopicPartition, offset: int) -> None:
         self.client.seek(tp, offset)
@@ -667,6 +673,7 @@ class ConfluentConsumer:
         return self._down_since is None
 
     def close(self, timeout_s: float) -> None:
+        # librdkafka's close takes no timeout: it leaves the group and returns when done.
         self.client.close()
 
 

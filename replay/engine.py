@@ -44,7 +44,7 @@ from features.joiner import (
     fnw_weight,
 )
 from learners import Learner
-from learners.base import QueuedScoring
+from learners.base import PreparedInput, QueuedScoring
 
 __all__ = ["LearnCallback", "OnlineEngine", "Outcome", "OutcomeCallback", "ScoreCallback"]
 
@@ -89,9 +89,12 @@ class OnlineEngine:
         # (``learn_fnw_one``) are spared a forward pass per sample.
         self._self_weighting = {name for name, learner in self.learners.items()
                                 if callable(getattr(learner, "learn_fnw_one", None))}
+        # Learners that convert features once (FTRL's hashed row) to score and to learn.
+        self._preparing = {name for name, learner in self.learners.items()
+                           if isinstance(learner, PreparedInput)}
         self._fnw = self.joiner_config.mode == "fnw"
-        # Features and scores of each open impression, by the joiner's feature row.
-        self._open: dict[int, tuple[dict[str, float], dict[str, float]]] = {}
+        # Features, scores and prepared inputs of each open impression, by feature row.
+        self._open: dict[int, tuple[dict[str, float], dict[str, float], dict[str, Any]]] = {}
         # Seconds spent inside each learner (predict + learn): its own throughput.
         self.learner_seconds: dict[str, float] = dict.fromkeys(self.learners, 0.0)
         # Freshness, in event time: impression → first training sample of it, and
@@ -160,21 +163,27 @@ class OnlineEngine:
         for row, scores in zip(state["open_rows"].tolist(), state["open_scores"], strict=True):
             imp = self.joiner.impression(row)
             x = self.featurize(imp, self.joiner.features(row))
-            self._open[row] = (x, dict(zip(names, scores.tolist(), strict=True)))
+            prepared = {name: self.learners[name].prepare(x)  # type: ignore[attr-defined]
+                        for name in self._preparing}
+            self._open[row] = (x, dict(zip(names, scores.tolist(), strict=True)), prepared)
 
     def _score(self, imp: Impression, row: int) -> None:
         features = self.joiner.features(row)
         x = self.featurize(imp, features)
         scores: dict[str, float] = {}
+        prepared: dict[str, Any] = {}
         clock = time.perf_counter
         for name, learner in self.learners.items():
             start = clock()
             if name in self._queued:
                 scores[name] = _Ticket(learner.queue_predict(x))  # type: ignore[attr-defined]
+            elif name in self._preparing:
+                p = prepared[name] = learner.prepare(x)  # type: ignore[attr-defined]
+                scores[name] = learner.predict_prepared(p)  # type: ignore[attr-defined]
             else:
                 scores[name] = learner.predict_proba_one(x)
             self.learner_seconds[name] += clock() - start
-        self._open[row] = (x, scores)
+        self._open[row] = (x, scores, prepared)
         for callback in self.on_score:
             callback(imp, features)
 
@@ -190,23 +199,30 @@ class OnlineEngine:
 
     def _settle(self, release: Release) -> None:
         if release.kind == FINAL:
-            x, scores = self._open.pop(release.row)
+            x, scores, prepared = self._open.pop(release.row)
             self._resolve(scores)  # the outcome carries scores, not tickets
             if not self._fnw:
-                self._learn(x, release)
+                self._learn(x, prepared, release)
             outcome = Outcome(release, scores)
             for callback in self.on_outcome:
                 callback(outcome)
         else:
-            self._learn(self._open[release.row][0], release)
+            x, _, prepared = self._open[release.row]
+            self._learn(x, prepared, release)
 
-    def _learn(self, x: dict[str, float], release: Release) -> None:
+    def _learn(self, x: dict[str, float], prepared: dict[str, Any], release: Release) -> None:
         clock = time.perf_counter
         label = release.label
         for name, learner in self.learners.items():
             start = clock()
+            p = prepared.get(name)
             if self._fnw and name in self._self_weighting:
                 learner.learn_fnw_one(x, label)  # type: ignore[attr-defined]
+            elif p is not None:
+                # In FNW mode the learner's current belief sets the weight.
+                w = (fnw_weight(label, learner.predict_prepared(p))  # type: ignore[attr-defined]
+                     if self._fnw else 1.0)
+                learner.learn_prepared(p, label, w)  # type: ignore[attr-defined]
             elif self._fnw:
                 # The learner's current belief sets the weight; it is not learned through.
                 learner.learn_one(x, label, fnw_weight(label, learner.predict_proba_one(x)))

@@ -289,6 +289,36 @@ def test_predict_learn_one_returns_the_score_before_its_step_and_steps_as_learn_
         scored.predict_learn_one(xs[0], 2)
 
 
+def test_a_row_prepared_at_scoring_learns_exactly_as_learn_one_later(stream):
+    """The engine hashes an impression once, scores it, and learns the same row later."""
+    xs, ys, ws = stream
+    direct = FTRLProximal(alpha=0.1, l1=0.1, n_bits=18, crosses=[["user", "item"]])
+    prepared = FTRLProximal(alpha=0.1, l1=0.1, n_bits=18, crosses=[["user", "item"]])
+    # Score a few ahead of learning them, as impressions wait for their labels.
+    rows = [prepared.prepare(x) for x in xs[:600]]
+    for i, x in enumerate(xs[:600]):
+        assert prepared.predict_prepared(rows[i]) == direct.predict_proba_one(x)
+        if i >= 5:
+            direct.learn_one(xs[i - 5], ys[i - 5], ws[i - 5])
+            prepared.learn_prepared(rows[i - 5], ys[i - 5], ws[i - 5])
+    assert_same_state(direct.state_dict(), prepared.state_dict())
+
+
+def test_prepare_rejects_what_predict_proba_one_rejects():
+    model = FTRLProximal(n_bits=10)
+    for bad in ({"a": float("nan")}, {"a": "1"}, {"a": float("inf")}):
+        with pytest.raises(LearnerError) as direct:
+            model.predict_proba_one(bad)
+        with pytest.raises(LearnerError) as prepared:
+            model.prepare(bad)
+        assert str(prepared.value) == str(direct.value)
+    row = model.prepare({"a": 1.0})
+    with pytest.raises(LearnerError, match="label"):
+        model.learn_prepared(row, 2)
+    with pytest.raises(LearnerError, match="sample weight"):
+        model.learn_prepared(row, 1, -1.0)
+
+
 def test_predict_proba_many_equals_predict_proba_one_and_changes_nothing(stream):
     xs, ys, _ = stream
     model = FTRLProximal(n_bits=18)
