@@ -472,7 +472,11 @@ class Joiner:
         for name in k.JoinArrays._fields:
             value = getattr(a, name)
             if name in _TABLES:
-                state[f"{name}_keys"], state[f"{name}_values"] = table_items(value)
+                # In key order: the slot order follows how the table grew, i.e. how the
+                # input happened to be batched; the snapshot holds the content only.
+                keys, values = table_items(value)
+                order = np.argsort(keys, kind="stable")
+                state[f"{name}_keys"], state[f"{name}_values"] = keys[order], values[order]
             elif name not in ("cfg", "features_f"):
                 state[name] = value.copy()
         for name in ("users", "items", "categories"):
