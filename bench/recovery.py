@@ -33,12 +33,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from pipeline.broker import EmbeddedBroker, free_port  # noqa: E402
-from pipeline.kafka_clients import KafkaClientConfig  # noqa: E402
-from pipeline.produce import produce_folder  # noqa: E402
-from pipeline.service import Topics  # noqa: E402
+from service import PARTITIONS, produce_stream  # noqa: E402  (bench/service.py)
 
-PARTITIONS = 4
+from pipeline.broker import EmbeddedBroker, free_port  # noqa: E402
+
 LEARNERS = ("ftrl", "gbdt_lr", "din")
 INTERVAL_S = 2.0  # --checkpoint-interval
 POLL_S = 0.05  # /metrics polling period: the resolution of the first-record times
@@ -146,12 +144,7 @@ def measure(data: Path, kills: int, seed: int = 7) -> dict:
     rng = random.Random(seed)
     restarts = []
     with EmbeddedBroker() as broker, tempfile.TemporaryDirectory() as tmp:
-        topics = Topics()
-        broker.create_topics([topics.impressions, topics.clicks, topics.samples, topics.dlq],
-                             partitions=PARTITIONS)
-        produced = produce_folder(data, KafkaClientConfig(broker.bootstrap, "confluent"),
-                                  show_progress=False)
-        total = produced.impressions + produced.clicks
+        total, _ = produce_stream(broker, data)
         ckpt = Path(tmp) / "ckpt"
         # Kill points spread over 10-85 % of the stream, one in each equal slice.
         targets = [(0.10 + 0.75 * rng.uniform(k, k + 1) / kills) * total for k in range(kills)]

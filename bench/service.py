@@ -112,6 +112,18 @@ def engine_rate(data: Path) -> float:
     return len(events) / (time.perf_counter() - started)
 
 
+def produce_stream(broker: EmbeddedBroker, data: Path) -> tuple[int, float]:
+    """``data`` into the default topics (PARTITIONS each) by the confluent producer:
+    (records, producer records/s)."""
+    topics = Topics()
+    broker.create_topics([topics.impressions, topics.clicks, topics.samples, topics.dlq],
+                         partitions=PARTITIONS)
+    produced = produce_folder(data, KafkaClientConfig(broker.bootstrap, "confluent"),
+                              show_progress=False)
+    records = produced.impressions + produced.clicks
+    return records, records / produced.seconds
+
+
 def measure(data: Path, n_events: int, runs: int) -> dict:
     """``data`` holds ``generate(n_events, seed=0)``."""
     engine_rate(data)  # loads (or compiles) the joiner's numba kernels: else run 1 pays it
@@ -121,12 +133,7 @@ def measure(data: Path, n_events: int, runs: int) -> dict:
         for lib in CLIENT_LIBRARIES}
     engine: list[float] = []
     with EmbeddedBroker() as broker:
-        topics = Topics()
-        broker.create_topics([topics.impressions, topics.clicks, topics.samples, topics.dlq],
-                             partitions=PARTITIONS)
-        produced = produce_folder(data, KafkaClientConfig(broker.bootstrap, "confluent"),
-                                  show_progress=False)
-        records = produced.impressions + produced.clicks
+        records, produce_rate = produce_stream(broker, data)
         for run in range(runs):
             engine.append(engine_rate(data))
             for lib in CLIENT_LIBRARIES:
@@ -140,7 +147,7 @@ def measure(data: Path, n_events: int, runs: int) -> dict:
                 results[lib]["service"].append(rate)
                 results[lib]["service_join"].append(join)
                 results[lib]["shutdown"].append(shutdown)
-    return {"n_events": n_events, "records": records, "produce_eps": records / produced.seconds,
+    return {"n_events": n_events, "records": records, "produce_eps": produce_rate,
             "runs": runs, "results": results, "engine": engine,
             "load": (load_before, os.getloadavg())}
 

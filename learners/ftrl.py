@@ -480,10 +480,7 @@ class FTRLProximal:
     def predict_learn_one(self, x: Mapping[str, float], y: int, w: float = 1.0) -> float:
         """:meth:`learn_one`, returning the probability of ``x`` just before the step (what
         :meth:`predict_proba_one` said), at the cost of the step alone."""
-        if isinstance(y, bool) or y not in (0, 1):
-            raise LearnerError(f"label must be 0 or 1, got {y!r}")
-        if not good_weight(w):
-            raise LearnerError(f"sample weight must be finite and >= 0, got {w!r}")
+        _check_step(y, w)
         indptr, hashes, values = self._row(x)
         try:
             return float(self._call(indptr, hashes, values, _LABEL[y], np.array([float(w)]),
@@ -506,10 +503,7 @@ class FTRLProximal:
 
     def learn_prepared(self, prepared: _Row, y: int, w: float = 1.0) -> None:
         """:meth:`learn_one` of the ``x`` that was prepared."""
-        if isinstance(y, bool) or y not in (0, 1):
-            raise LearnerError(f"label must be 0 or 1, got {y!r}")
-        if not good_weight(w):
-            raise LearnerError(f"sample weight must be finite and >= 0, got {w!r}")
+        _check_step(y, w)
         self._call(*prepared, _LABEL[y], np.array([float(w)]), True)
 
     def predict_proba_many(self, batch: Batch) -> np.ndarray:
@@ -538,6 +532,13 @@ class FTRLProximal:
         b = self._batch(batch)
         ys, ws = batch_labels(y, w, len(b))
         return self._call(b.indptr, b.hashes, b.values, ys, ws, True)
+
+
+def _check_step(y: int, w: float) -> None:
+    if isinstance(y, bool) or y not in (0, 1):
+        raise LearnerError(f"label must be 0 or 1, got {y!r}")
+    if not good_weight(w):
+        raise LearnerError(f"sample weight must be finite and >= 0, got {w!r}")
 
 
 class _Row(NamedTuple):
