@@ -229,12 +229,16 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from replay.progress import progress
 
     kafka = _kafka_config(args)
+    learners = args.learners
+    if learners is None:  # a join worker trains nothing
+        learners = () if args.role == "join" else ("ftrl",)
     config = ServiceConfig(
         bootstrap=kafka.bootstrap,
         kafka_client=kafka.library,
         security=kafka.security,
         group_instance_id=args.group_instance_id,
-        learners=args.learners,
+        role=args.role,
+        learners=learners,
         learner_params=learner_params(args.config, LEARNERS),
         checkpoint_dir=args.checkpoint_dir,
         checkpoint_interval_s=args.checkpoint_interval / 1000,
@@ -250,13 +254,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
     with progress("serve", args.max_events, enabled=sys.stderr.isatty()) as ticker:
         service = Service(config, on_progress=ticker.tick)
         _stop_on_signals(service.request_stop)
-        log.info("serving %s from %s; metrics on %s:%s", ",".join(args.learners),
-                 args.bootstrap, args.metrics_host, args.metrics_port)
+        log.info("serving (role %s, learners %s) from %s; metrics on %s:%s", args.role,
+                 ",".join(learners) or "none", args.bootstrap, args.metrics_host,
+                 args.metrics_port)
         summary = service.run()
+    samples = ("" if not summary.join else
+               f"samples {summary.join['samples_positive']:,} positive / "
+               f"{summary.join['samples_negative']:,} negative; ")
     print(f"stopped ({summary.stopped_by}) after {sum(summary.consumed.values()):,} records; "
-          f"samples {summary.join['samples_positive']:,} positive / "
-          f"{summary.join['samples_negative']:,} negative; "
-          f"rejected {sum(summary.rejected.values()):,}")
+          f"{samples}rejected {sum(summary.rejected.values()):,}")
     if args.checkpoint_dir is not None:
         newest = summary.checkpoint.path.name if summary.checkpoint else (
             f"ckpt-{summary.restored:09d}" if summary.restored else "none")
@@ -336,6 +342,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _build() -> tuple[argparse.ArgumentParser, dict[str, Options]]:
+    from pipeline.service import ROLES
+
     parser = _Parser(prog="streamctr", description="Streaming online learning for CTR prediction.")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND",
@@ -395,7 +403,12 @@ def _build() -> tuple[argparse.ArgumentParser, dict[str, Options]]:
 
     p, o = command("serve", "the long-running consumer service", cmd_serve)
     o.add(p, "--bootstrap", help="Kafka bootstrap HOST:PORT")
-    o.add(p, "--learners", type=_learner_names, default=("ftrl",), help=learners_help)
+    o.add(p, "--role", type=_one_of(ROLES), default="all",
+          help="all: join and train in one process; join: join impressions and clicks, "
+               "publish labelled samples (workers in one group split the partitions); "
+               "train: learn from the samples topic (one worker)")
+    o.add(p, "--learners", type=_learner_names, default=None,
+          help=f"{learners_help} (default: ftrl; none with --role join)")
     o.add(p, "--checkpoint-dir", type=Path, default=None,
           help="checkpoints folder (state + offsets; restored at start)")
     o.add(p, "--checkpoint-interval", type=_positive_duration_ms, default=60_000,
@@ -417,7 +430,7 @@ def _build() -> tuple[argparse.ArgumentParser, dict[str, Options]]:
           help="static group membership (e.g. the pod name): a restart within the session "
                "timeout keeps its partitions, without a rebalance")
     o.add(p, "--publish-samples", type=parse_bool, default=False,
-          help="publish labelled samples to the samples topic")
+          help="with --role all: also publish labelled samples to the samples topic")
     _add_topic_options(o, p)
     _add_kafka_options(o, p)
 

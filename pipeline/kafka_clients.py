@@ -284,6 +284,7 @@ class KafkaPythonConsumer:
 
     def __init__(self, config: KafkaClientConfig, settings: ConsumerSettings) -> None:
         from kafka import KafkaConsumer
+        from kafka.coordinator.assignors.range import RangePartitionAssignor
         from kafka.errors import KafkaConnectionError, KafkaTimeoutError
 
         extra = ({} if settings.group_instance_id is None
@@ -297,6 +298,9 @@ class KafkaPythonConsumer:
                 max_poll_records=settings.max_poll_records,
                 session_timeout_ms=settings.session_timeout_ms,
                 heartbeat_interval_ms=settings.heartbeat_interval_ms,
+                # Range gives each member the same partition numbers of every topic: a join
+                # worker must own a user's impressions and clicks (co-partitioned by key).
+                partition_assignment_strategy=(RangePartitionAssignor,),
                 reconnect_backoff_max_ms=5_000,  # a broker back from an outage: found in 5 s
                 **extra,
                 **config.security.kafka_python(),
@@ -483,7 +487,7 @@ class ConfluentConsumer:
             "auto.offset.reset": "error",
             "session.timeout.ms": settings.session_timeout_ms,
             "heartbeat.interval.ms": settings.heartbeat_interval_ms,
-            "partition.assignment.strategy": "range",  # eager, as kafka-python's default
+            "partition.assignment.strategy": "range",  # co-partitioned, as kafka-python's
             "reconnect.backoff.max.ms": 5_000,
             "error_cb": self._on_error,
             "logger": log,  # librdkafka's log lines through Python logging, not stderr

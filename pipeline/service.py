@@ -52,13 +52,26 @@ records — counted over restarts, since the checkpoint holds the count — as i
 input had ended: the merge is drained and every open window closes, so its metrics
 cover the same samples a replay of those records would.
 
-One service instance owns all partitions of its topics: the joiner's state is
-not split per partition, so several instances in one group would each see only
-part of a user's behaviour.
+Roles (``ServiceConfig.role``, ``serve --role``). ``all`` (the default) joins and
+trains in one process, which owns every partition of its topics. ``join`` runs the
+joiner without learners and publishes every final sample, with the features of its
+impression time (:mod:`pipeline.samples`), to the samples topic, keyed by user: join
+workers in one group split the partitions, each a consistent shard of users —
+impressions and clicks are keyed by user and the range assignor gives a member the
+same partition numbers of both topics — so the union of their samples is the
+one-process run's (``tests/pipeline/test_roles.py``; an item's counters are per
+shard, so features differ). ``train`` reads the samples
+topic, event-time merged on the time labels became final, and learns each sample
+after scoring it (progressive validation at label time, see
+:class:`pipeline.samples.SampleTrainer`); it is a single writer: one train worker
+owns all partitions of the samples topic. Each role checkpoints its own state with
+its own input offsets, as above; samples reach the train role at least once (a join
+worker restarted from a checkpoint produces again what it produced after it).
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 import time
@@ -77,7 +90,8 @@ from features.events import (
     decode_click,
     decode_impression,
 )
-from features.joiner import JoinerConfig
+from features.featurize import impression_features
+from features.joiner import JoinerConfig, JoinStats
 from learners import Learner, make_learner
 from pipeline.checkpoint import CheckpointError, CheckpointStore, CheckpointWritten, Restored
 from pipeline.kafka_clients import (
@@ -97,10 +111,14 @@ from pipeline.kafka_clients import (
     make_producer,
 )
 from pipeline.merge import EventTimeMerger
+from pipeline.samples import Sample, SampleTrainer, encode_sample
 from pipeline.telemetry import ServiceMetrics
 from replay.engine import OnlineEngine, Outcome, OutcomeCallback
 
-__all__ = ["Service", "ServiceConfig", "ServiceSummary", "Topics"]
+__all__ = ["ROLES", "Service", "ServiceConfig", "ServiceSummary", "Topics"]
+
+# all: join and train in one process; join: join and publish samples; train: learn samples.
+ROLES = ("all", "join", "train")
 
 log = logging.getLogger(__name__)
 _json = msgspec.json.Encoder()
@@ -121,7 +139,8 @@ class ServiceConfig:
     """Everything ``streamctr serve`` is configured with."""
 
     bootstrap: str
-    learners: tuple[str, ...] = ("ftrl",)
+    learners: tuple[str, ...] = ("ftrl",)  # none in the join role
+    role: str = "all"  # "all", "join" or "train" (see the module doc)
     kafka_client: str = "kafka-python"  # or "confluent" (pipeline.kafka_clients)
     security: KafkaSecurity = field(default_factory=KafkaSecurity)
     # Hyper-parameters by learner name (the config file's [learner.<name>] tables).
@@ -146,8 +165,20 @@ class ServiceConfig:
     rolling_window: int = 10_000
 
     def __post_init__(self) -> None:
-        if not self.learners:
+        if self.role not in ROLES:
+            raise ValueError(f"role must be one of {', '.join(ROLES)}, got {self.role!r}")
+        if self.role == "join":
+            if self.learners:
+                raise ValueError("the join role trains no learners (it publishes samples "
+                                 f"for --role train); got learners {','.join(self.learners)}")
+            if self.joiner.mode == "fnw":
+                raise ValueError("the join role needs joiner mode 'wait': FNW training "
+                                 "weights each sample by the learner's score at impression "
+                                 "time, which only --role all has")
+        elif not self.learners:
             raise ValueError("at least one learner is needed")
+        if self.role == "train" and self.publish_samples:
+            raise ValueError("the train role reads samples; it does not publish them")
         if self.max_events is not None and self.max_events < 1:
             raise ValueError(f"max_events must be >= 1, got {self.max_events}")
         if not self.checkpoint_interval_s > 0:
@@ -181,7 +212,7 @@ class ServiceSummary:
 
 @dataclass(frozen=True, slots=True)
 class _Record:
-    event: Impression | Click | None  # None: rejected, only its offset moves on
+    event: Impression | Click | Sample | None  # None: rejected, only its offset moves on
     partition: TopicPartition
     offset: int
     ts: int  # its place in the merge
@@ -225,11 +256,27 @@ class Service:
         }
         self.metrics = ServiceMetrics(self.learners, window=config.rolling_window)
         callbacks = [self.metrics.on_outcome, *extra_outcome_callbacks]
-        if config.publish_samples:
+        publishing = config.publish_samples or config.role == "join"
+        if publishing:
             callbacks.append(self._publish_sample)
-        self.engine = OnlineEngine(
-            self.learners, config.joiner, on_outcome=callbacks, on_orphan=[self._reject_orphan]
-        )
+        topics = config.topics
+        # What turns input records into state: a joiner with the learners (all), without
+        # (join), or the learners alone (train). Input topics in merge rank order.
+        self.engine: OnlineEngine | None = None
+        self._stage: OnlineEngine | SampleTrainer
+        self._decoders: dict[str, Callable[[bytes | None], Impression | Click | Sample]]
+        if config.role == "train":
+            self._stage = SampleTrainer(self.learners, on_outcome=callbacks)
+            self._decoders = {topics.samples: self._stage.decode}
+        else:
+            # Published samples carry the behaviour sequences whatever learns here, so a
+            # sequence learner in a train worker can learn them.
+            featurize = functools.partial(impression_features, with_behaviours=publishing)
+            self._stage = self.engine = OnlineEngine(
+                self.learners, config.joiner, featurize=featurize, on_outcome=callbacks,
+                on_orphan=[self._reject_orphan])
+            # Impressions before clicks on equal event times, as in replay.
+            self._decoders = {topics.impressions: decode_impression, topics.clicks: decode_click}
         self._resume: dict[str, int] = {}  # "topic/partition" -> next offset to read
         self._records = 0  # records (valid or rejected) the state has taken in, ever
         self._store: CheckpointStore | None = None
@@ -256,7 +303,7 @@ class Service:
         self._on_progress = on_progress
         self._stop = threading.Event()
         self._stopped_by = "max-events"
-        self._consumed: dict[str, int] = {config.topics.impressions: 0, config.topics.clicks: 0}
+        self._consumed: dict[str, int] = dict.fromkeys(self._decoders, 0)
         self._rejected: dict[str, int] = dict.fromkeys(self._consumed, 0)
         self._processed: dict[TopicPartition, int] = {}  # next offset to commit
         self._last_ts: dict[TopicPartition, int] = {}  # event time of the last decoded record
@@ -270,6 +317,10 @@ class Service:
     @property
     def metrics_port(self) -> int | None:
         return self.metrics.port
+
+    def assignment(self) -> set[TopicPartition]:
+        """The partitions this instance holds now (none before it joined its group)."""
+        return set() if self._consumer is None else self._consumer.assignment()
 
     def request_stop(self, reason: str = "signal") -> None:
         """Ask the loop to stop after the current poll (safe from signal handlers)."""
@@ -294,12 +345,12 @@ class Service:
         return ServiceSummary(
             consumed=dict(self._consumed),
             rejected=dict(self._rejected),
-            join=self.engine.joiner.stats.as_dict(),
+            join={} if self.engine is None else self.engine.joiner.stats.as_dict(),
             stopped_by=self._stopped_by,
             wall_seconds=time.monotonic() - started,
             seconds_to_first_record=(None if self._first_record_at is None
                                      else self._first_record_at - started),
-            learner_seconds=dict(self.engine.learner_seconds),
+            learner_seconds=dict(self._stage.learner_seconds),
             records_total=self._records,
             restored=None if self._restored is None else self._restored.checkpoint.id,
             checkpoint=self.last_checkpoint,
@@ -324,8 +375,7 @@ class Service:
                 self._stop.wait(backoff)
                 backoff = min(30.0, backoff * 2)
                 continue
-            self._consumer.subscribe([cfg.topics.impressions, cfg.topics.clicks],
-                                     _SeekToCheckpoint(self))
+            self._consumer.subscribe(list(self._decoders), _SeekToCheckpoint(self))
             return True
         return False
 
@@ -380,7 +430,7 @@ class Service:
             if self._stop.is_set():
                 break
             if (assigned and caught_up == assigned and not polled and not len(merger)
-                    and self.engine.joiner.waiting):
+                    and self.engine is not None and self.engine.joiner.waiting):
                 # Read to the end of every partition (not merely not assigned yet).
                 self._apply(self.engine.idle)
             next_checkpoint = self._checkpoint_if_due(next_checkpoint)
@@ -389,7 +439,7 @@ class Service:
                 self._publish_metrics(consumer, assigned)
                 next_publish = now + 1.0
             if done:
-                self._apply(self.engine.finish)
+                self._apply(self._stage.finish)
                 break
 
     def _checkpoint_if_due(self, due: float) -> float:
@@ -402,11 +452,10 @@ class Service:
         return time.monotonic() + self.config.checkpoint_interval_s
 
     def _rank(self, tp: TopicPartition) -> int:
-        # Impressions before clicks on equal event times, as in replay.
-        return 0 if tp.topic == self.config.topics.impressions else 1
+        return list(self._decoders).index(tp.topic)
 
     def _decode(self, tp: TopicPartition, messages: list[Any]) -> list[tuple[int, _Record]]:
-        decode = decode_impression if tp.topic == self.config.topics.impressions else decode_click
+        decode = self._decoders[tp.topic]
         self._consumed[tp.topic] += len(messages)
         self.metrics.consumed.labels(tp.topic).inc(len(messages))
         out = []
@@ -435,7 +484,7 @@ class Service:
         self._consistent = False
         if events:
             started = time.perf_counter()
-            self.engine.process(events)  # type: ignore[arg-type]
+            self._stage.process(events)  # type: ignore[arg-type]
             self.metrics.on_batch(time.perf_counter() - started)
             newest = max(e.ts for e in events)
             if self._newest_ts is None or newest > self._newest_ts:
@@ -543,17 +592,17 @@ class Service:
                      _json.encode(click))
 
     def _publish_sample(self, outcome: Outcome) -> None:
-        """Engine callback: the labelled sample to the samples topic (scale-out trainers)."""
-        release = outcome.release
-        payload = {"impression": release.impression, "label": release.label,
-                   "click_ts": release.click_ts, "final_ts": release.final_ts}
+        """Engine callback: the labelled sample to the samples topic (train workers)."""
         assert self._producer is not None
-        self._producer.send(self.config.topics.samples, _json.encode(payload),
-                            key=release.impression.user_id.encode())
+        self._producer.send(self.config.topics.samples, encode_sample(outcome),
+                            key=outcome.release.impression.user_id.encode())
 
     def _publish_metrics(self, consumer: Consumer, assigned: set[TopicPartition]) -> None:
-        joiner = self.engine.joiner
-        self.metrics.publish(joiner.stats, joiner.open_windows, self._newest_ts)
+        if self.engine is None:
+            self.metrics.publish(JoinStats(), 0, self._newest_ts)
+        else:
+            joiner = self.engine.joiner
+            self.metrics.publish(joiner.stats, joiner.open_windows, self._newest_ts)
         self.metrics.publish_learners({name: learner.stats()
                                        for name, learner in self.learners.items()
                                        if callable(getattr(learner, "stats", None))})
@@ -562,7 +611,8 @@ class Service:
             for tp in assigned if (highwater := consumer.highwater(tp)) is not None})
 
     def _stateful_parts(self) -> dict[str, Any]:
-        return {"engine": self.engine,
+        engine = {} if self.engine is None else {"engine": self.engine}
+        return {**engine,
                 **{f"learner.{name}": learner for name, learner in self.learners.items()}}
 
     def _offsets(self) -> dict[str, int]:

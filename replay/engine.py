@@ -51,10 +51,12 @@ __all__ = ["LearnCallback", "OnlineEngine", "Outcome", "OutcomeCallback", "Score
 
 @dataclass(frozen=True, slots=True)
 class Outcome:
-    """A final release together with each learner's score from impression time."""
+    """A final release together with each learner's score from impression time, and the
+    features it was scored with (what the samples topic carries)."""
 
     release: Release
     scores: Mapping[str, float]
+    features: Mapping[str, float] = field(default_factory=dict)
 
 
 OutcomeCallback = Callable[[Outcome], None]
@@ -65,7 +67,11 @@ Featurizer = Callable[[Impression, JoinedFeatures], dict[str, float]]
 
 @dataclass
 class OnlineEngine:
-    """Predict each impression at its event time; learn each sample when it is released."""
+    """Predict each impression at its event time; learn each sample when it is released.
+
+    With no learners it only joins: each final release still comes with its features
+    (the join role of ``streamctr serve``, which publishes them).
+    """
 
     learners: Mapping[str, Learner]
     joiner_config: JoinerConfig = field(default_factory=JoinerConfig)
@@ -76,8 +82,6 @@ class OnlineEngine:
     on_learn: list[LearnCallback] = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        if not self.learners:
-            raise ValueError("an engine needs at least one learner")
         self.joiner = Joiner(self.joiner_config)
         # Sequence learners (DIN) read the behaviour sequences; the others never pay for them.
         if any(getattr(learner, "uses_behaviours", False) for learner in self.learners.values()):
@@ -203,7 +207,7 @@ class OnlineEngine:
             self._resolve(scores)  # the outcome carries scores, not tickets
             if not self._fnw:
                 self._learn(x, prepared, release)
-            outcome = Outcome(release, scores)
+            outcome = Outcome(release, scores, x)
             for callback in self.on_outcome:
                 callback(outcome)
         else:

@@ -70,6 +70,17 @@ def test_a_key_ttl_below_its_minimum_is_a_one_line_error(capsys, small_stream, t
     assert "key_ttl_ms must be >=" in one_line_error(capsys)
 
 
+@pytest.mark.parametrize(("args", "message"), [
+    (["--role", "join", "--learners", "ftrl"], "the join role trains no learners"),
+    (["--role", "train", "--publish-samples"], "does not publish them"),
+    (["--role", "both"], "--role (from the command line): 'both' is not one of all, join, "
+                         "train"),
+])
+def test_a_role_with_settings_it_cannot_honour_is_a_one_line_error(capsys, args, message):
+    assert main(["serve", "--bootstrap", "127.0.0.1:1", *args]) == 2
+    assert message in one_line_error(capsys)
+
+
 def test_a_password_has_no_flag_and_comes_from_the_environment(capsys, monkeypatch):
     with pytest.raises(SystemExit):
         main(["produce", "x", "--bootstrap", "h:1", "--sasl-password", "hunter2"])
