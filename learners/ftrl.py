@@ -65,6 +65,10 @@ from learners.base import LearnerError, batch_labels, check_state, good_weight
 __all__ = ["FTRLProximal"]
 
 _xxh3 = xxhash.xxh3_64_intdigest
+# Masked hashes of recently seen names, per learner: most names of an impression's row
+# (bias, the num.* features, popular ids) recur from event to event, and hashing them again
+# was the largest part of scoring one. Cleared when full, so memory stays bounded.
+_NAME_CACHE_SIZE = 1 << 18
 _isfinite = math.isfinite
 
 # river's GLM default ``clip_gradient``: the loss gradient is clamped to +-this value.
@@ -290,6 +294,7 @@ class FTRLProximal:
         # np.zeros is calloc-backed: untouched rows of a large table cost no memory.
         self._table = np.zeros((1 << self.n_bits, 4))
         self._counts = np.zeros(3, np.int64)
+        self._name_hashes: dict[str, int] = {}
 
     def __repr__(self) -> str:
         options = "".join(
@@ -413,14 +418,23 @@ class FTRLProximal:
         """indptr, hashes and values of one feature dict (crosses added)."""
         if self.crosses:
             x = {**x, **cross_names(x, self.crosses)}
+        cache = self._name_hashes
+        if len(cache) > _NAME_CACHE_SIZE:
+            cache.clear()
         try:
-            hashes = np.array([_xxh3(k.encode("utf-8")) & self._mask for k in x], np.int64)
+            hashes = np.array([cache[k] if k in cache else self._hash_name(k) for k in x],
+                              np.int64)
         except AttributeError:
             raise _bad_values(x) from None
         values = np.array(list(x.values()))
         if values.dtype.kind not in "fiu":  # not np.fromiter: it parses the string "1"
             raise _bad_values(x)
         return np.array([0, len(x)], np.int64), hashes, values.astype(np.float64)
+
+    def _hash_name(self, name: str) -> int:
+        """The masked hash of ``name``, remembered (``AttributeError`` if not a str)."""
+        h = self._name_hashes[name] = _xxh3(name.encode("utf-8")) & self._mask
+        return h
 
     def _batch(self, batch: Batch) -> SparseBatch:
         if isinstance(batch, SparseBatch):

@@ -671,3 +671,21 @@ def test_frame_nulls_are_missing_features():
     reference = FTRLProximal(n_bits=16)
     reference.learn_many([{"user=u1": 1.0}, {"price": 2.0}], [1, 0])
     assert_same_state(model.state_dict(), reference.state_dict())
+
+
+def test_remembered_name_hashes_give_the_rows_of_fresh_hashing_even_after_the_cache_clears(
+        stream, monkeypatch):
+    import learners.ftrl as ftrl_module
+
+    monkeypatch.setattr(ftrl_module, "_NAME_CACHE_SIZE", 7)  # clears every few samples
+    cached, fresh = FTRLProximal(alpha=0.1, n_bits=18), FTRLProximal(alpha=0.1, n_bits=18)
+    xs, ys, _ = stream
+    for x, y in zip(xs[:500], ys[:500], strict=True):
+        fresh._name_hashes.clear()
+        row = cached.prepare(x)
+        expected = fresh.prepare(x)
+        assert np.array_equal(row.hashes, expected.hashes)
+        assert cached.predict_prepared(row) == fresh.predict_prepared(expected)
+        cached.learn_prepared(row, y)
+        fresh.learn_prepared(expected, y)
+    assert len(cached._name_hashes) <= 8
