@@ -45,6 +45,8 @@ __all__ = [
     "decode_click",
     "decode_impression",
     "encode_event",
+    "invalid_event",
+    "unparsed_event",
 ]
 
 # A record's size limit, checked before parsing. A real impression is ~250 bytes and
@@ -117,34 +119,34 @@ def decode_impression(raw: Raw) -> Impression:
     record without a value, a tombstone — included.
     """
     if raw is None or len(raw) > MAX_EVENT_BYTES:
-        raise _unparsed(raw)
+        raise unparsed_event(raw)
     try:
         return _impression_decoder.decode(raw)
     except (msgspec.DecodeError, UnicodeEncodeError) as exc:
-        raise _invalid(exc) from None
+        raise invalid_event(exc) from None
 
 
 def decode_click(raw: Raw) -> Click:
     """Decode and validate one JSON click; as :func:`decode_impression`."""
     if raw is None or len(raw) > MAX_EVENT_BYTES:
-        raise _unparsed(raw)
+        raise unparsed_event(raw)
     try:
         return _click_decoder.decode(raw)
     except (msgspec.DecodeError, UnicodeEncodeError) as exc:
-        raise _invalid(exc) from None
+        raise invalid_event(exc) from None
 
 
-def _unparsed(raw: Raw) -> InvalidEvent:
-    """Why a record is rejected before parsing: no value, or too long."""
+def unparsed_event(raw: Raw, limit: int = MAX_EVENT_BYTES) -> InvalidEvent:
+    """Why a record is rejected before parsing: no value, or longer than ``limit``."""
     if raw is None:
         return InvalidEvent("no value")
     # Text (tests, joiner snapshots) is measured in characters: Kafka values are bytes,
     # and a str is this process's own re-encoding of a record it accepted.
     unit = "characters" if isinstance(raw, str) else "bytes"
-    return InvalidEvent(f"oversized: {len(raw)} {unit} > {MAX_EVENT_BYTES}")
+    return InvalidEvent(f"oversized: {len(raw)} {unit} > {limit}")
 
 
-def _invalid(exc: msgspec.DecodeError | UnicodeEncodeError) -> InvalidEvent:
+def invalid_event(exc: msgspec.DecodeError | UnicodeEncodeError) -> InvalidEvent:
     """msgspec's reason as one short printable line (a UnicodeEncodeError: text with a lone
     surrogate, which msgspec cannot encode as UTF-8)."""
     reason = str(exc) if isinstance(exc, msgspec.DecodeError) else f"not UTF-8 text: {exc}"

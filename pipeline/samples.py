@@ -50,7 +50,7 @@ from typing import Annotated, Any
 import msgspec
 import numpy as np
 
-from features.events import Impression, InvalidEvent
+from features.events import Impression, InvalidEvent, invalid_event, unparsed_event
 from features.featurize import Behaviours, Features
 from features.joiner import FINAL, Release
 from learners import Learner
@@ -111,16 +111,14 @@ def encode_sample(outcome: Outcome) -> bytes:
                                   release.final_ts, dict(outcome.features), wire))
 
 
-def decode_sample(raw: bytes | None) -> Sample:
+def decode_sample(raw: bytes | str | None) -> Sample:
     """Decode and validate one samples record; :class:`~features.events.InvalidEvent` if bad."""
-    if raw is None:
-        raise InvalidEvent("no value")
-    if len(raw) > MAX_SAMPLE_BYTES:
-        raise InvalidEvent(f"oversized: {len(raw)} bytes > {MAX_SAMPLE_BYTES}")
+    if raw is None or len(raw) > MAX_SAMPLE_BYTES:
+        raise unparsed_event(raw, MAX_SAMPLE_BYTES)
     try:
         sample = _decoder.decode(raw)
-    except msgspec.DecodeError as exc:
-        raise InvalidEvent(str(exc)[:200]) from None
+    except (msgspec.DecodeError, UnicodeEncodeError) as exc:
+        raise invalid_event(exc) from None
     b = sample.behaviours
     if b is not None and not (len(b.recent_item) == len(b.recent_category) == len(b.recent_age_s)
                               and len(b.lifelong_item) == len(b.lifelong_category)
