@@ -65,6 +65,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, fields
 from typing import Any, Literal, NamedTuple
 
+import msgspec
 import numpy as np
 
 from features import joinkernel as k
@@ -77,7 +78,7 @@ from features.compiled import (
 )
 from features.counting import Counters, counter_names
 from features.events import Click, Impression, decode_click, decode_impression, encode_event
-from features.ids import Interner, impression_key
+from features.ids import Interner, impression_key, impression_keys
 from features.store import BehaviourStore
 
 __all__ = [
@@ -214,8 +215,7 @@ class JoinStats:
         return {f.name: getattr(self, f.name) for f in fields(self)}
 
 
-@dataclass(frozen=True, slots=True)
-class Release:
+class Release(msgspec.Struct, frozen=True, gc=False):
     """A sample the caller must act on: learn it, evaluate it, or both (see the module doc).
 
     ``event`` is the index, in the pushed batch, of the event during which it was
@@ -429,24 +429,19 @@ class Joiner:
         clicks that never join would hold a code it never uses.
         """
         n = len(events)
-        kind = np.empty(n, np.int8)
-        key = np.empty(n, np.int64)
-        user = np.empty(n, np.int32)
+        key = impression_keys([e.impression_id for e in events])
+        ts = np.fromiter([e.ts for e in events], np.int64, n)
+        is_impression = np.fromiter([type(e) is Impression for e in events], bool, n)
+        kind = np.where(is_impression, k.IMPRESSION, k.CLICK).astype(np.int8)
+        at = np.flatnonzero(is_impression)
+        impressions: list[Impression] = [events[i] for i in at.tolist()]  # type: ignore[misc]
+        users, items, cats = self.users.intern, self.items.intern, self.categories.intern
+        user = np.full(n, -1, np.int32)
         item = np.full(n, -1, np.int32)
         cat = np.full(n, -1, np.int32)
-        ts = np.empty(n, np.int64)
-        users, items, cats = self.users.intern, self.items.intern, self.categories.intern
-        for i, e in enumerate(events):
-            key[i] = impression_key(e.impression_id)
-            ts[i] = e.ts
-            if type(e) is Impression:
-                kind[i] = k.IMPRESSION
-                user[i] = users(e.user_id)
-                item[i] = items(e.item_id)
-                cat[i] = cats(e.category_id)
-            else:
-                kind[i] = k.CLICK
-                user[i] = -1
+        user[at] = [users(e.user_id) for e in impressions]
+        item[at] = [items(e.item_id) for e in impressions]
+        cat[at] = [cats(e.category_id) for e in impressions]
         return EncodedEvents(kind, key, user, item, cat, ts)
 
     def presize(self, users: int, items: int, pairs: int, batch: int) -> None:
@@ -674,19 +669,16 @@ class Joiner:
     def _run(self, due: EncodedEvents, events: list[Impression | Click], until: int,
              final: bool) -> JoinResult:
         out = self._kernel(due, until, final)
-        rows = out.row
+        n = len(events)
+        status, rows = out.status[:n], out.row[:n]
         impressions = self._impressions
-        joined_held = []
-        for i, event in enumerate(events):
-            status = out.status[i]
-            if status == k.IMP_NEW or status == k.IMP_NEW_JOINED_HELD:
-                impressions[rows[i]] = event  # type: ignore[assignment]
-                if status == k.IMP_NEW_JOINED_HELD:
-                    joined_held.append(int(due.key[i]))
-            elif status == k.CLICK_HELD:
-                self._held[int(due.key[i])] = event  # type: ignore[assignment]
+        new = np.flatnonzero((status == k.IMP_NEW) | (status == k.IMP_NEW_JOINED_HELD))
+        for i, row in zip(new.tolist(), rows[new].tolist(), strict=True):
+            impressions[row] = events[i]  # type: ignore[assignment]
+        for i in np.flatnonzero(status == k.CLICK_HELD).tolist():
+            self._held[int(due.key[i])] = events[i]  # type: ignore[assignment]
         result = self._result(out, events)  # may hand back held clicks as orphans
-        for key in joined_held:
+        for key in due.key[status == k.IMP_NEW_JOINED_HELD].tolist():
             self._held.pop(key, None)
         return result
 
@@ -694,14 +686,13 @@ class Joiner:
         n_rel, n_orph = int(out.counts[0]), int(out.counts[1])
         impressions = self._impressions
         releases = []
-        for m in range(n_rel):
-            row = int(out.rel_row[m])
-            click_ts = int(out.rel_click_ts[m])
-            releases.append(Release(
-                int(out.rel_kind[m]), impressions[row], row, int(out.rel_label[m]),  # type: ignore[arg-type]
-                None if click_ts < 0 else click_ts, int(out.rel_final_ts[m]),
-                int(out.rel_event[m]), int(out.rel_phase[m])))
-            if out.rel_kind[m] == FINAL:
+        for kind, row, label, click_ts, final_ts, event, phase in zip(
+                *(column[:n_rel].tolist() for column in (
+                    out.rel_kind, out.rel_row, out.rel_label, out.rel_click_ts,
+                    out.rel_final_ts, out.rel_event, out.rel_phase)), strict=True):
+            releases.append(Release(kind, impressions[row], row, label,  # type: ignore[arg-type]
+                                    None if click_ts < 0 else click_ts, final_ts, event, phase))
+            if kind == FINAL:
                 impressions[row] = None  # the row is recycled at the next push
         orphans = []
         for o in range(n_orph):
