@@ -20,7 +20,8 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
-__all__ = ["Learner", "LearnerError", "PreparedInput", "QueuedScoring", "batch_labels",
+__all__ = ["HashedRows", "Learner", "LearnerError", "PreparedInput", "QueuedScoring",
+           "batch_labels",
            "check_float", "check_int", "check_state", "good_weight", "learn_each"]
 
 
@@ -114,6 +115,25 @@ class PreparedInput(Protocol):
     def predict_prepared(self, prepared: Any) -> float: ...
 
     def learn_prepared(self, prepared: Any, y: int, w: float = 1.0) -> None: ...
+
+
+@runtime_checkable
+class HashedRows(Protocol):
+    """Optional for learners that read a feature dict only through its hashed names (FTRL
+    without crosses): the engine then builds an impression's row in compiled code
+    (:class:`features.rows.ImpressionRows`) and hands over a whole batch of scores and
+    learns in one call.
+
+    ``reads_hashed_rows`` says whether this instance qualifies (a cross needs the names).
+    ``score_learn_rows(batch, y)`` goes through the rows in order: each is scored; a row
+    labelled 0 or 1 is then learned with weight 1, one labelled -1 is only scored. It
+    returns the scores, and equals ``predict_proba_one`` / ``learn_one`` over the same
+    rows as dicts exactly.
+    """
+
+    reads_hashed_rows: bool
+
+    def score_learn_rows(self, batch: Any, y: np.ndarray) -> np.ndarray: ...
 
 
 def check_int(name: str, value: Any, low: int, high: int | None = None) -> int:

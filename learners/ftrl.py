@@ -100,12 +100,13 @@ def _sigmoid(raw: float) -> float:
 
 
 @nb.njit(cache=True)
-def _run(table, mask, indptr, hashes, values, y, sw, hyper, seed, counts, scores, learn):
-    """Score rows in order and, when ``learn``, apply each row's FTRL step after its score.
+def _run(table, mask, indptr, hashes, values, y, sw, hyper, seed, counts, scores):
+    """Score rows in order; a row labelled 0 or 1 then takes its FTRL step, one labelled
+    -1 is only scored (so one pass can interleave an engine's scores and learns).
 
     table: float64 (2**n_bits, 4) rows (z, n, w, sqrt(n)); indptr: int64 (B + 1,);
     hashes: int64 (nnz,) feature name hashes (masked here); values: float64 (nnz,);
-    y: int8 (B,); sw: float64 (B,)
+    y: int8 (B,) labels, -1: score only; sw: float64 (B,)
     sample weights; hyper: float64 (6,) alpha, beta, l1, l2, log(negative_rate),
     inclusion_p; counts: int64 (3,) learned, skipped, draws (updated); scores: float64 (B,)
     out, the calibrated probability of each row before it was learned.
@@ -128,7 +129,7 @@ def _run(table, mask, indptr, hashes, values, y, sw, hyper, seed, counts, scores
         if not math.isfinite(raw):
             return r
         scores[r] = _sigmoid(raw + log_rate)
-        if not learn:
+        if y[r] < 0:
             continue
         if y[r] == 0 and rate < 1.0:
             counts[_DRAWS] += 1
@@ -465,10 +466,10 @@ class FTRLProximal:
                                f"{sparse.values[bad]!r}")
         return sparse
 
-    def _call(self, indptr, hashes, values, y, sw, learn: bool) -> np.ndarray:
+    def _call(self, indptr, hashes, values, y, sw) -> np.ndarray:
         scores = np.empty(len(indptr) - 1)
         bad = _run(self._table, self._mask, indptr, hashes, values, y, sw, self._hyper,
-                   self.seed, self._counts, scores, learn)
+                   self.seed, self._counts, scores)
         if bad >= 0:
             raise LearnerError(f"sample {bad}: {_OVERFLOW}")
         return scores
@@ -479,7 +480,7 @@ class FTRLProximal:
         """Click probability for ``x``; does not change the state."""
         indptr, hashes, values = self._row(x)
         try:
-            return float(self._call(indptr, hashes, values, _NO_LABEL, _NO_WEIGHT, False)[0])
+            return float(self._call(indptr, hashes, values, _NO_LABEL, _NO_WEIGHT)[0])
         except LearnerError:
             raise _bad_values(x) from None
 
@@ -497,8 +498,7 @@ class FTRLProximal:
         _check_step(y, w)
         indptr, hashes, values = self._row(x)
         try:
-            return float(self._call(indptr, hashes, values, _LABEL[y], np.array([float(w)]),
-                                    True)[0])
+            return float(self._call(indptr, hashes, values, _LABEL[y], np.array([float(w)]))[0])
         except LearnerError:
             raise _bad_values(x) from None
 
@@ -513,18 +513,33 @@ class FTRLProximal:
 
     def predict_prepared(self, prepared: _Row) -> float:
         """:meth:`predict_proba_one` of the ``x`` that was prepared."""
-        return float(self._call(*prepared, _NO_LABEL, _NO_WEIGHT, False)[0])
+        return float(self._call(*prepared, _NO_LABEL, _NO_WEIGHT)[0])
 
     def learn_prepared(self, prepared: _Row, y: int, w: float = 1.0) -> None:
         """:meth:`learn_one` of the ``x`` that was prepared."""
         _check_step(y, w)
-        self._call(*prepared, _LABEL[y], np.array([float(w)]), True)
+        self._call(*prepared, _LABEL[y], np.array([float(w)]))
+
+    # -- HashedRows: the engine's compiled rows, a batch of scores and learns in one call --
+
+    @property
+    def reads_hashed_rows(self) -> bool:
+        """Whether a row of hashed names is all this learner reads (not with crosses)."""
+        return not self.crosses
+
+    def score_learn_rows(self, batch: SparseBatch, y: np.ndarray) -> np.ndarray:
+        """Score each row in order; learn those labelled 0 or 1 right after (weight 1).
+
+        Rows labelled -1 are only scored. ``batch`` comes from the engine's compiled
+        featurizer, so it is trusted as built (finite values, consistent ``indptr``).
+        """
+        return self._call(batch.indptr, batch.hashes, batch.values, y, np.ones(len(y)))
 
     def predict_proba_many(self, batch: Batch) -> np.ndarray:
         """Click probabilities of ``batch`` as a float64 array (no state change)."""
         b = self._batch(batch)
         n = len(b)
-        return self._call(b.indptr, b.hashes, b.values, np.zeros(n, np.int8), np.ones(n), False)
+        return self._call(b.indptr, b.hashes, b.values, np.full(n, -1, np.int8), np.ones(n))
 
     def learn_many(self, batch: Batch, y: Sequence[int] | np.ndarray,
                    w: Sequence[float] | np.ndarray | None = None) -> None:
@@ -545,7 +560,7 @@ class FTRLProximal:
         """
         b = self._batch(batch)
         ys, ws = batch_labels(y, w, len(b))
-        return self._call(b.indptr, b.hashes, b.values, ys, ws, True)
+        return self._call(b.indptr, b.hashes, b.values, ys, ws)
 
 
 def _check_step(y: int, w: float) -> None:
@@ -563,6 +578,6 @@ class _Row(NamedTuple):
     values: np.ndarray
 
 
-_NO_LABEL = np.zeros(1, np.int8)
+_NO_LABEL = np.full(1, -1, np.int8)  # score only
 _NO_WEIGHT = np.ones(1)
 _LABEL = (np.zeros(1, np.int8), np.ones(1, np.int8))

@@ -43,8 +43,9 @@ from features.joiner import (
     Release,
     fnw_weight,
 )
+from features.rows import ImpressionRows
 from learners import Learner
-from learners.base import PreparedInput, QueuedScoring
+from learners.base import HashedRows, PreparedInput, QueuedScoring
 
 __all__ = ["LearnCallback", "OnlineEngine", "Outcome", "OutcomeCallback", "ScoreCallback"]
 
@@ -71,6 +72,13 @@ class OnlineEngine:
 
     With no learners it only joins: each final release still comes with its features
     (the join role of ``streamctr serve``, which publishes them).
+
+    When every learner reads hashed rows only (:class:`learners.base.HashedRows`: FTRL
+    without crosses), in ``wait`` mode with the default featurizer and no ``on_score`` /
+    ``on_learn`` callbacks, a batch's rows are built in compiled code
+    (:class:`features.rows.ImpressionRows`) and each learner scores and learns the whole
+    batch in one call, in the same order: the same scores and states as the dict path,
+    bit for bit. Outcomes then carry no feature dict. Callbacks are read at construction.
     """
 
     learners: Mapping[str, Learner]
@@ -80,6 +88,9 @@ class OnlineEngine:
     on_orphan: list[Callable[[Click], None]] = field(default_factory=list)
     on_score: list[ScoreCallback] = field(default_factory=list)
     on_learn: list[LearnCallback] = field(default_factory=list)
+    # The compiled-rows path where it applies (see the class doc); False: the dict path
+    # always (the reference the compiled one is tested against).
+    compiled_rows: bool = True
 
     def __post_init__(self) -> None:
         self.joiner = Joiner(self.joiner_config)
@@ -97,7 +108,16 @@ class OnlineEngine:
         self._preparing = {name for name, learner in self.learners.items()
                            if isinstance(learner, PreparedInput)}
         self._fnw = self.joiner_config.mode == "fnw"
-        # Features, scores and prepared inputs of each open impression, by feature row.
+        self._rows = (ImpressionRows(self.joiner)
+                      if self.compiled_rows and self.learners and not self._fnw
+                      and self.featurize is impression_features
+                      and not self.on_score and not self.on_learn
+                      and all(isinstance(learner, HashedRows) and learner.reads_hashed_rows
+                              for learner in self.learners.values())
+                      else None)
+        # Features, scores and prepared inputs of each open impression, by feature row; on
+        # the compiled-rows path, the scores only (NaN: the row holds no open impression).
+        self._row_scores = np.full((0, len(self.learners)), np.nan)
         self._open: dict[int, tuple[dict[str, float], dict[str, float], dict[str, Any]]] = {}
         # Seconds spent inside each learner (predict + learn): its own throughput.
         self.learner_seconds: dict[str, float] = dict.fromkeys(self.learners, 0.0)
@@ -126,6 +146,9 @@ class OnlineEngine:
 
     def _settle_all(self, result: JoinResult) -> None:
         """Score the processed impressions and act on the releases, in the joiner's order."""
+        if self._rows is not None:
+            self._settle_rows(result)
+            return
         releases, rows = result.releases, result.rows
         r, n = 0, len(releases)
         for i, event in enumerate(result.events):
@@ -143,18 +166,74 @@ class OnlineEngine:
             for callback in self.on_orphan:
                 callback(click)
 
+    def _settle_rows(self, result: JoinResult) -> None:
+        """:meth:`_settle_all` over compiled rows: the same order of scores and learns, as
+        one batch per learner (every release is a final one: wait mode)."""
+        assert self._rows is not None
+        releases, rows = result.releases, result.rows
+        self._rows.admit(rows, result.events)
+        scored = np.flatnonzero(rows >= 0)
+        n_rel = len(releases)
+        rel_event = np.fromiter([r.event for r in releases], np.int64, n_rel)
+        rel_phase = np.fromiter([r.phase for r in releases], np.int64, n_rel)
+        rel_row = np.fromiter([r.row for r in releases], np.int64, n_rel)
+        rel_label = np.fromiter([r.label for r in releases], np.int8, n_rel)
+        # A release at event i comes before i's score if phase 0, after it if not; those of
+        # a flush (event -1) after every event. The sort is stable: releases keep their order.
+        order = np.lexsort((
+            np.concatenate([np.ones(scored.size, np.int64), np.where(rel_phase == 0, 0, 2)]),
+            np.concatenate([scored, np.where(rel_event >= 0, rel_event, rows.size)])))
+        if order.size:
+            op_rows = np.concatenate([rows[scored], rel_row])[order]
+            y = np.concatenate([np.full(scored.size, -1, np.int8), rel_label])[order]
+            batch = self._rows.build(op_rows)
+            is_score = order < scored.size
+            self._reserve_scores(int(op_rows.max()) + 1)
+            clock = time.perf_counter
+            for j, (name, learner) in enumerate(self.learners.items()):
+                start = clock()
+                op_scores = learner.score_learn_rows(batch, y)  # type: ignore[attr-defined]
+                self.learner_seconds[name] += clock() - start
+                # No row serves two impressions in one batch (the joiner recycles a row a
+                # batch after its release), so every score lands before it is read.
+                self._row_scores[op_rows[is_score], j] = op_scores[is_score]
+            names = list(self.learners)
+            outcome_scores = self._row_scores[rel_row].tolist()
+            self._row_scores[rel_row] = np.nan
+            for release, row_scores in zip(releases, outcome_scores, strict=True):
+                outcome = Outcome(release, dict(zip(names, row_scores, strict=True)))
+                for callback in self.on_outcome:
+                    callback(outcome)
+                self._count_delay(release)
+        for click in result.orphans:
+            for callback in self.on_orphan:
+                callback(click)
+
+    def _reserve_scores(self, rows: int) -> None:
+        have = self._row_scores.shape[0]
+        if rows > have:
+            grown = np.full((max(rows, have + have // 2), len(self.learners)), np.nan)
+            grown[:have] = self._row_scores
+            self._row_scores = grown
+
     def state_dict(self) -> dict[str, Any]:
         """The joiner's state and each open impression's scores (learners save their own)."""
-        rows = sorted(self._open)
         names = list(self.learners)
-        for row in rows:
-            self._resolve(self._open[row][1])
+        if self._rows is not None:
+            open_rows = np.flatnonzero(~np.isnan(self._row_scores[:, 0]))
+            open_scores = self._row_scores[open_rows]
+        else:
+            rows = sorted(self._open)
+            for row in rows:
+                self._resolve(self._open[row][1])
+            open_rows = np.array(rows, np.int64)
+            open_scores = np.array([[self._open[r][1][n] for n in names] for r in rows],
+                                   np.float64).reshape(len(rows), len(names))
         return {
             "joiner": self.joiner.state_dict(),
             "learners": np.array(names, dtype=str),
-            "open_rows": np.array(rows, np.int64),
-            "open_scores": np.array([[self._open[r][1][n] for n in names] for r in rows],
-                                    np.float64).reshape(len(rows), len(names)),
+            "open_rows": open_rows,
+            "open_scores": open_scores,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -164,6 +243,14 @@ class OnlineEngine:
             raise ValueError(f"engine state is for learners {names}, not {list(self.learners)}")
         self.joiner.load_state_dict(state["joiner"])
         self._open = {}
+        if self._rows is not None:
+            open_rows = np.asarray(state["open_rows"], np.int64)
+            self._rows = ImpressionRows(self.joiner)
+            self._rows.admit(open_rows, [self.joiner.impression(row) for row in open_rows.tolist()])
+            self._row_scores = np.full((0, len(names)), np.nan)
+            self._reserve_scores(int(open_rows.max()) + 1 if open_rows.size else 0)
+            self._row_scores[open_rows] = state["open_scores"]
+            return
         for row, scores in zip(state["open_rows"].tolist(), state["open_scores"], strict=True):
             imp = self.joiner.impression(row)
             x = self.featurize(imp, self.joiner.features(row))
@@ -235,6 +322,10 @@ class OnlineEngine:
             self.learner_seconds[name] += clock() - start
         for callback in self.on_learn:
             callback(release)
+        self._count_delay(release)
+
+    def _count_delay(self, release: Release) -> None:
+        label = release.label
         delay = release.final_ts - release.impression.ts
         if not (self._fnw and label):  # in FNW mode the negative comes first
             self._delay_ms["first"] += delay
