@@ -198,9 +198,9 @@ class OnlineEngine:
                 # batch after its release), so every score lands before it is read.
                 self._row_scores[op_rows[is_score], j] = op_scores[is_score]
             names = list(self.learners)
-            outcome_scores = self._row_scores[rel_row].tolist()
+            columns = self._row_scores[rel_row].T.tolist()  # one list per learner
             self._row_scores[rel_row] = np.nan
-            for release, row_scores in zip(releases, outcome_scores, strict=True):
+            for release, *row_scores in zip(releases, *columns, strict=True):
                 outcome = Outcome(release, dict(zip(names, row_scores, strict=True)))
                 for callback in self.on_outcome:
                     callback(outcome)
