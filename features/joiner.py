@@ -415,6 +415,11 @@ class Joiner:
     def held_clicks(self) -> int:
         return int(self.arrays.held.size[0])
 
+    def pending_clicks(self) -> list[Click]:
+        """Clicks taken in but not settled yet: waiting to be due, or held for an impression
+        not seen yet (these become orphans at their expiry)."""
+        return [*(e for e in self._waiting_events if type(e) is Click), *self._held.values()]
+
     @property
     def watermark(self) -> int:
         return int(self.arrays.clock[k.K_WATERMARK])

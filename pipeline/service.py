@@ -311,6 +311,10 @@ class Service:
         self._rejected: dict[str, int] = dict.fromkeys(self._consumed, 0)
         self._processed: dict[TopicPartition, int] = {}  # next offset to commit
         self._last_ts: dict[TopicPartition, int] = {}  # event time of the last decoded record
+        # Where each click the joiner still holds was read (by object identity, which is
+        # stable while the joiner keeps it), so an orphan's letter can name its offset.
+        # Clicks restored from a checkpoint's joiner state have no entry: offset null.
+        self._click_sources: dict[int, tuple[int, int]] = {}
         self._newest_ts: int | None = None
         self._first_record_at: float | None = None
         self._consumer: Consumer | None = None
@@ -495,9 +499,17 @@ class Service:
         events = [r.event for r in records if r.event is not None]
         self._consistent = False
         if events:
+            sources = self._click_sources
+            for r in records:
+                if type(r.event) is Click:
+                    sources[id(r.event)] = (r.partition.partition, r.offset)
             started = time.perf_counter()
             self._stage.process(events)  # type: ignore[arg-type]
             self.metrics.on_batch(time.perf_counter() - started)
+            if self.engine is not None:
+                self._click_sources = {
+                    id(click): sources[id(click)]
+                    for click in self.engine.joiner.pending_clicks() if id(click) in sources}
             newest = max(e.ts for e in events)
             if self._newest_ts is None or newest > self._newest_ts:
                 self._newest_ts = newest
@@ -577,14 +589,14 @@ class Service:
         highwater = consumer.highwater(tp)
         return highwater is not None and consumer.position(tp) >= highwater
 
-    def _reject(self, topic: str, partition: int, offset: int | None, reason: str,
-                raw: bytes | None) -> None:
+    def _reject(self, topic: str, partition: int | None, offset: int | None, reason: str,
+                raw: bytes | None, *, invalid: bool = True) -> None:
         self._rejected[topic] = self._rejected.get(topic, 0) + 1
         self.metrics.rejected.labels(topic).inc()
         count = self._rejected[topic]
         # Orphans are a normal condition of click streams (counted, exported); invalid
         # records are a producer's bug and deserve a warning, rate-limited.
-        level = logging.DEBUG if offset is None else logging.WARNING
+        level = logging.WARNING if invalid else logging.DEBUG
         if count <= 10 or count % 1_000 == 0:
             log.log(level, "rejected %s[%s]@%s (%d so far): %s", topic, partition, offset, count,
                     reason)
@@ -600,8 +612,9 @@ class Service:
         self._producer.send(self.config.topics.dlq, _json.encode(payload))
 
     def _reject_orphan(self, click: Click) -> None:
-        self._reject(self.config.topics.clicks, None, None, "unknown impression",
-                     _json.encode(click))
+        partition, offset = self._click_sources.pop(id(click), (None, None))
+        self._reject(self.config.topics.clicks, partition, offset, "unknown impression",
+                     _json.encode(click), invalid=False)
 
     def _publish_sample(self, outcome: Outcome) -> None:
         """Engine callback: the labelled sample to the samples topic (train workers)."""

@@ -289,3 +289,18 @@ def test_snapshot_from_another_configuration_is_refused():
     j.push(_stream(5))
     with pytest.raises(ValueError, match="another configuration"):
         Joiner(JoinerConfig(window_ms=2_000)).load_state_dict(j.state_dict())
+
+
+def test_pending_clicks_are_the_held_and_the_not_yet_due_ones_until_they_settle():
+    j = Joiner(JoinerConfig(window_ms=W))
+    early = click("later-imp", 100)  # its impression has not come: held
+    b = imp("b", 200)
+    j.push([imp("a", 0), click("a", 50), early, b])
+    assert j.pending_clicks() == [early]
+    due_soon = click("b", 200)  # at the watermark, as b: both wait for a newer event
+    j.push([due_soon])
+    assert j.pending_clicks() == [due_soon, early]
+    assert j.settle().events == [b, due_soon]
+    assert j.pending_clicks() == [early]
+    assert j.flush().orphans == [early]
+    assert j.pending_clicks() == []

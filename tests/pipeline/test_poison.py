@@ -13,8 +13,9 @@ run, so there are three examples, each with a large corpus (the first is hypothe
 simplest: tombstones at the head of both topics), and no shrinking: a failure prints
 its corpus, and shrinking it would mean hundreds of runs. ~30 s in all.
 
-Orphans are matched by their record, not their offset: the joiner declares a click an
-orphan when its window closes, long after reading it, and does not keep the offset.
+Orphans carry their source offset too: the joiner declares a click an orphan when its
+window closes, long after reading it, and the service remembers where it read each
+click the joiner still holds.
 """
 
 from __future__ import annotations
@@ -118,6 +119,7 @@ def test_poison_goes_to_the_dlq_once_each_and_the_valid_events_learn_as_in_repla
     topic_of = {"impressions": topics.impressions, "clicks": topics.clicks}
     producer = KafkaProducer(bootstrap_servers=kafka_bootstrap, acks="all", linger_ms=5)
     sent_poison = []  # (role, raw, future of its offset)
+    sent_clicks: dict[Click, list[Any]] = {}  # futures of each click's offsets, in order
     pending = iter(slots)
     slot = next(pending, None)
     for index, event in enumerate([*events, None]):
@@ -128,8 +130,10 @@ def test_poison_goes_to_the_dlq_once_each_and_the_valid_events_learn_as_in_repla
             slot = next(pending, None)
         if event is not None:
             topic = topics.impressions if type(event) is Impression else topics.clicks
-            producer.send(topic, encode_event(event), key=event.user_id.encode(),
-                          timestamp_ms=event.ts)
+            future = producer.send(topic, encode_event(event), key=event.user_id.encode(),
+                                   timestamp_ms=event.ts)
+            if type(event) is Click:
+                sent_clicks.setdefault(event, []).append(future)
     producer.flush()
     offsets = [future.get(timeout=30).offset for _, _, future in sent_poison]
     producer.close()
@@ -155,13 +159,15 @@ def test_poison_goes_to_the_dlq_once_each_and_the_valid_events_learn_as_in_repla
                     "reason": reason(schema_of[role], raw),
                     "record": None if raw is None else raw.decode("utf-8", errors="replace")})
         for (role, raw, _), offset in zip(sent_poison, offsets, strict=True))
-    # Orphans: ours and the stream's own (clicks whose impression came too late). The
-    # joiner declares them at window close, with no offset.
+    # Orphans: ours and the stream's own (clicks whose impression came too late), each
+    # with the offset it was read at (of a repeated click, the first copy: a later one
+    # is a duplicate of it).
     joiner = Joiner(JOIN)
     all_orphans = [*joiner.push(events).orphans, *joiner.flush().orphans]
     assert set(orphans) <= set(all_orphans)
     expected.update(
-        comparable({"topic": topics.clicks, "partition": None, "offset": None,
+        comparable({"topic": topics.clicks, "partition": 0,
+                    "offset": sent_clicks[click].pop(0).get(timeout=30).offset,
                     "reason": "unknown impression", "record": encode_event(click).decode()})
         for click in all_orphans)
     assert Counter(map(comparable, read_all(kafka_bootstrap, topics.dlq))) == expected
