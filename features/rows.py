@@ -92,7 +92,7 @@ class ImpressionRows:
                                     _LIFT_CLIP, _LOG_COUNT_SCALE, _RECENT_NORM, _TOPK_NORM])
         self._bounds = np.array(_COUNT_BUCKETS, np.int64)
         self._names: dict[str, int] = {}
-        self._ids = np.zeros((0, _IDS + 2), np.int64)
+        self._ids = np.zeros((0, _IDS), np.int64)  # widened for context fields as they come
         self._n_ids = np.zeros(0, np.int64)
         self._item = np.zeros(0, np.int32)
 
@@ -167,7 +167,7 @@ class ImpressionRows:
         have = self._ids.shape[0]
         if rows <= have and width == self._ids.shape[1]:
             return
-        size = max(rows, have + have // 2)
+        size = have if rows <= have else max(rows, have + have // 2)
         ids = np.zeros((size, width), np.int64)
         ids[:have, :self._ids.shape[1]] = self._ids
         self._ids = ids

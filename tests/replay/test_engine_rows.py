@@ -133,3 +133,24 @@ def test_score_learn_rows_only_scores_rows_labelled_minus_one():
     assert scores.tolist()[:3] == [0.5, 0.5, 0.5]
     assert scores[3] == reference.predict_proba_one(x) != 0.5
     assert_same_ftrl(model, reference)
+
+
+def test_rows_widen_for_impressions_with_more_context_fields_than_before():
+    joiner = Joiner()
+    rows = ImpressionRows(joiner)
+    plain = Impression("i0", "r0", "u1", "it1", "c1", 0, 0)
+    rich = Impression("i1", "r1", "u1", "it2", "c1", 2, 10,
+                      {"device": "ios", "page": "home", "hour": "7"})
+    feature_rows = []
+    for imp in (plain, rich):
+        joiner.push([imp])
+        result = joiner.settle()
+        rows.admit(result.rows, result.events)
+        feature_rows.append(int(result.rows[0]))
+    # The first row, admitted while rows were narrow, still reads right after widening.
+    batch = rows.build(np.array(feature_rows))
+    for b, (imp, row) in enumerate(zip((plain, rich), feature_rows, strict=True)):
+        x = impression_features(imp, joiner.features(row))
+        lo, hi = batch.indptr[b], batch.indptr[b + 1]
+        assert batch.hashes[lo:hi].tolist() == hash_names(x).tolist()
+        assert batch.values[lo:hi].tolist() == list(x.values())
