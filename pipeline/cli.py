@@ -225,7 +225,7 @@ def cmd_produce(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from pipeline.service import Service, ServiceConfig
+    from pipeline.service import STOPPED_SHARED_TRAIN_GROUP, Service, ServiceConfig
     from replay.progress import progress
 
     kafka = _kafka_config(args)
@@ -267,6 +267,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
         newest = summary.checkpoint.path.name if summary.checkpoint else (
             f"ckpt-{summary.restored:09d}" if summary.restored else "none")
         print(f"state: {summary.records_total:,} records, in checkpoint {newest}")
+    if summary.stopped_by == STOPPED_SHARED_TRAIN_GROUP:
+        print(f"error: another train worker is in group {args.group_id}: run one per group",
+              file=sys.stderr)
+        return 1
     return 0
 
 

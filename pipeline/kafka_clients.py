@@ -222,6 +222,8 @@ class Consumer(Protocol):
     def highwater(self, tp: TopicPartition) -> int | None: ...
     def offsets_range(self, tp: TopicPartition) -> tuple[int, int]:
         """(log start, log end) asked of the broker; KafkaClientError if it cannot say."""
+    def partition_count(self, topic: str) -> int | None:
+        """Partitions of ``topic`` in the cluster's metadata (None: not known)."""
     def seek(self, tp: TopicPartition, offset: int) -> None: ...
     def seek_to_beginning(self, *partitions: TopicPartition) -> None: ...
     def commit(self, offsets: Mapping[TopicPartition, int]) -> None: ...
@@ -360,6 +362,10 @@ class KafkaPythonConsumer:
 
     def highwater(self, tp: TopicPartition) -> int | None:
         return self.client.highwater(tp)
+
+    def partition_count(self, topic: str) -> int | None:
+        partitions = self.client.partitions_for_topic(topic)
+        return len(partitions) if partitions else None
 
     def offsets_range(self, tp: TopicPartition) -> tuple[int, int]:
         from kafka.errors import KafkaError
@@ -640,6 +646,15 @@ class ConfluentConsumer:
         high = max(high, cached)
         self._high[tp] = (high, asked_at)
         return high if high >= 0 else None
+
+    def partition_count(self, topic: str) -> int | None:
+        try:
+            metadata = self.client.list_topics(topic, timeout=10).topics.get(topic)
+        except self._ck.KafkaException:
+            return None
+        if metadata is None or metadata.error is not None:
+            return None
+        return len(metadata.partitions)
 
     def offsets_range(self, tp: TopicPartition) -> tuple[int, int]:
         try:

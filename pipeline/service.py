@@ -116,7 +116,8 @@ from pipeline.samples import Sample, SampleTrainer, encode_sample
 from pipeline.telemetry import ServiceMetrics
 from replay.engine import OnlineEngine, Outcome, OutcomeCallback
 
-__all__ = ["ROLES", "Service", "ServiceConfig", "ServiceSummary", "Topics"]
+__all__ = ["ROLES", "STOPPED_SHARED_TRAIN_GROUP", "Service", "ServiceConfig", "ServiceSummary",
+           "Topics"]
 
 # all: join and train in one process; join: join and publish samples; train: learn samples.
 ROLES = ("all", "join", "train")
@@ -126,6 +127,8 @@ _json = msgspec.json.Encoder()
 
 
 _GC_GEN0_THRESHOLD = 50_000
+# ServiceSummary.stopped_by of a train worker that found another in its group.
+STOPPED_SHARED_TRAIN_GROUP = "second-train-worker"
 
 
 @dataclass(frozen=True)
@@ -777,6 +780,21 @@ class Service:
         if fresh:
             consumer.seek_to_beginning(*fresh)
         self._update_readiness(consumer, assigned)
+        if self.config.role == "train" and assigned:
+            self._check_single_writer(consumer, assigned)
+
+    def _check_single_writer(self, consumer: Consumer, assigned: set[TopicPartition]) -> None:
+        """A train worker must own every samples partition: a second one in the group would
+        split them, and two models would each learn part of the stream. Stop, loudly."""
+        topic = self.config.topics.samples
+        total = consumer.partition_count(topic)
+        held = sum(1 for tp in assigned if tp.topic == topic)
+        if total is not None and held < total:
+            log.error("this train worker holds %d of the %d partitions of %s: another train "
+                      "worker is in group %s, and the learners need a single writer; stopping",
+                      held, total, topic, self.config.group_id)
+            self.metrics.set_ready(False, "another train worker shares the group")
+            self.request_stop(STOPPED_SHARED_TRAIN_GROUP)
 
     def _shutdown(self, failed: bool) -> None:
         """Final checkpoint (unless the state is half-applied), then close the clients."""

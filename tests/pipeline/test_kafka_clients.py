@@ -136,6 +136,20 @@ def test_consumer_starts_where_the_listener_seeks_and_reads_each_record_once(
         consumer.close(10)
 
 
+def test_partition_count_is_the_topics_and_none_for_a_topic_that_does_not_exist(
+    kafka_bootstrap, library
+):
+    topic = f"count-{uuid.uuid4().hex[:8]}"
+    create_topics(kafka_bootstrap, [topic], partitions=3)
+    consumer = make_consumer(KafkaClientConfig(kafka_bootstrap, library),
+                             ConsumerSettings(group_id=f"g-{topic}"))
+    try:
+        assert consumer.partition_count(topic) == 3
+        assert consumer.partition_count(f"absent-{topic}") is None
+    finally:
+        consumer.close(10)
+
+
 def test_paused_partition_delivers_nothing_and_resumes_without_gap_or_repeat(
     kafka_bootstrap, library
 ):

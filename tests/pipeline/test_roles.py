@@ -20,7 +20,13 @@ from learners import make_learner
 from pipeline.broker import create_topics
 from pipeline.produce import produce_folder
 from pipeline.samples import Sample, SampleTrainer, decode_sample
-from pipeline.service import Service, ServiceConfig, ServiceSummary, Topics
+from pipeline.service import (
+    STOPPED_SHARED_TRAIN_GROUP,
+    Service,
+    ServiceConfig,
+    ServiceSummary,
+    Topics,
+)
 from replay.synthetic import generate, write_stream
 
 pytestmark = pytest.mark.integration
@@ -231,6 +237,35 @@ def test_train_worker_learns_each_sample_once_in_event_time_order_and_rejects_ba
     for key, value in alone.state_dict().items():
         np.testing.assert_array_equal(trainer.learners["ftrl"].state_dict()[key], value,
                                       err_msg=key)
+
+
+def test_a_second_train_worker_in_the_group_is_refused_rather_than_split_the_samples(
+    kafka_bootstrap, tmp_path
+):
+    topics = new_topics(kafka_bootstrap, partitions=2)
+
+    def trainer(name: str) -> Service:
+        return Service(ServiceConfig(
+            bootstrap=kafka_bootstrap, role="train", learners=("ftrl",), topics=topics,
+            group_id=f"train-{topics.samples}", metrics_port=None,
+            checkpoint_dir=tmp_path / name))
+
+    first = Running(trainer("first"))
+    wait_for(lambda: len(first.services[0].assignment()) == 2, "the first trainer's partitions")
+    time.sleep(1)
+    assert first.threads[0].is_alive()  # alone in its group, it serves on
+    second = Running(trainer("second"))
+    # The rebalance gives each one partition: the first stops instead of learning half.
+    first.threads[0].join(timeout=90)
+    assert not first.threads[0].is_alive()
+    assert first.summaries[0].stopped_by == STOPPED_SHARED_TRAIN_GROUP
+    # The second stops as well, or, once the first has left, owns both and serves on.
+    wait_for(lambda: not second.threads[0].is_alive()
+             or len(second.services[0].assignment()) == 2, "the second trainer to settle")
+    if second.threads[0].is_alive():
+        second.stop()
+    else:
+        assert second.summaries[0].stopped_by == STOPPED_SHARED_TRAIN_GROUP
 
 
 @pytest.mark.parametrize(("role", "changes", "message"), [
