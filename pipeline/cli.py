@@ -250,6 +250,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         topics=_topics(args),
         joiner=_joiner_config(args, args.delayed_feedback[0]),
         publish_samples=args.publish_samples,
+        read_ahead=args.read_ahead,
     )
     with progress("serve", args.max_events, enabled=sys.stderr.isatty()) as ticker:
         service = Service(config, on_progress=ticker.tick)
@@ -435,6 +436,9 @@ def _build() -> tuple[argparse.ArgumentParser, dict[str, Options]]:
                "timeout keeps its partitions, without a rebalance")
     o.add(p, "--publish-samples", type=parse_bool, default=False,
           help="with --role all: also publish labelled samples to the samples topic")
+    o.add(p, "--read-ahead", type=parse_bool, default=True,
+          help="poll Kafka in a child process, one batch ahead of processing (false: on "
+               "the service's thread; half the throughput with kafka-python)")
     _add_topic_options(o, p)
     _add_kafka_options(o, p)
 

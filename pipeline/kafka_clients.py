@@ -65,6 +65,7 @@ ClientLibrary = Literal["kafka-python", "confluent"]
 CLIENT_LIBRARIES: tuple[str, ...] = ("kafka-python", "confluent")
 SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
 SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
+_COMMIT_TIMEOUT_MS = 5_000
 
 
 class KafkaClientError(RuntimeError):
@@ -386,7 +387,10 @@ class KafkaPythonConsumer:
         from kafka.structs import OffsetAndMetadata
 
         try:
-            self.client.commit({tp: OffsetAndMetadata(o, "", -1) for tp, o in offsets.items()})
+            # Bounded: without a timeout kafka-python retries until a coordinator answers, and
+            # the loop would hang through a broker outage for a commit that is only for lag.
+            self.client.commit({tp: OffsetAndMetadata(o, "", -1) for tp, o in offsets.items()},
+                               timeout_ms=_COMMIT_TIMEOUT_MS)
         except RebalanceInProgressError as exc:
             raise CommitFailed(str(exc), retriable=True) from exc
         except KafkaError as exc:

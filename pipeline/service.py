@@ -1,6 +1,7 @@
 """``streamctr serve``: the long-running consumer service.
 
-One loop, one thread: poll ``impressions`` and ``clicks`` → decode and validate
+One loop, one thread: poll ``impressions`` and ``clicks`` (the client reads one batch
+ahead in a child process, :mod:`pipeline.read_ahead`) → decode and validate
 (bad records to the DLQ with topic, partition, offset and reason) → event-time
 merge of the partitions → :class:`~replay.engine.OnlineEngine` (the same joiner
 and learners as ``streamctr replay``) → Prometheus metrics, optional
@@ -112,6 +113,7 @@ from pipeline.kafka_clients import (
     make_producer,
 )
 from pipeline.merge import EventTimeMerger
+from pipeline.read_ahead import ReadAheadConsumer
 from pipeline.samples import Sample, SampleTrainer, encode_sample
 from pipeline.telemetry import ServiceMetrics
 from replay.engine import OnlineEngine, Outcome, OutcomeCallback
@@ -149,6 +151,9 @@ class ServiceConfig:
     learners: tuple[str, ...] = ("ftrl",)  # none in the join role
     role: str = "all"  # "all", "join" or "train" (see the module doc)
     kafka_client: str = "kafka-python"  # or "confluent" (pipeline.kafka_clients)
+    # The client polls in a child process, one batch ahead (pipeline.read_ahead), so
+    # reading overlaps processing; False: on the service's own thread.
+    read_ahead: bool = True
     security: KafkaSecurity = field(default_factory=KafkaSecurity)
     # Hyper-parameters by learner name (the config file's [learner.<name>] tables).
     learner_params: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
@@ -384,7 +389,8 @@ class Service:
             try:
                 if self._producer is None:
                     self._producer = make_producer(cfg.kafka)
-                self._consumer = make_consumer(cfg.kafka, ConsumerSettings(
+                consumer = ReadAheadConsumer if cfg.read_ahead else make_consumer
+                self._consumer = consumer(cfg.kafka, ConsumerSettings(
                     group_id=cfg.group_id, max_poll_records=cfg.max_poll_records,
                     session_timeout_ms=cfg.session_timeout_ms,
                     group_instance_id=cfg.group_instance_id))

@@ -20,6 +20,7 @@ from pipeline.kafka_clients import (
     make_consumer,
     make_producer,
 )
+from pipeline.read_ahead import ReadAheadConsumer
 
 pytestmark = pytest.mark.integration
 
@@ -29,6 +30,13 @@ def library(request) -> str:
     if request.param == "confluent":
         pytest.importorskip("confluent_kafka", reason="the confluent extra is not installed")
     return request.param
+
+
+@pytest.fixture(params=["in-process", "read-ahead"])
+def open_consumer(request):
+    """The library's consumer on the test's thread, or the same in a read-ahead process:
+    both must keep the interface's contract."""
+    return make_consumer if request.param == "in-process" else ReadAheadConsumer
 
 
 class SeekTo:
@@ -110,7 +118,7 @@ def test_both_producers_put_a_key_on_the_same_partition(kafka_bootstrap):
 
 
 def test_consumer_starts_where_the_listener_seeks_and_reads_each_record_once(
-    kafka_bootstrap, library
+    kafka_bootstrap, library, open_consumer
 ):
     topic = f"seek-{uuid.uuid4().hex[:8]}"
     create_topics(kafka_bootstrap, [topic], partitions=2)
@@ -118,7 +126,7 @@ def test_consumer_starts_where_the_listener_seeks_and_reads_each_record_once(
     ends = log_ends(kafka_bootstrap, topic)
     assert len(ends) == 2 and min(ends.values()) > 7
     starts = {TopicPartition(topic, 0): 7}  # partition 1: neither sought nor committed
-    consumer = make_consumer(KafkaClientConfig(kafka_bootstrap, library),
+    consumer = open_consumer(KafkaClientConfig(kafka_bootstrap, library),
                              ConsumerSettings(group_id=f"g-{topic}"))
     listener = SeekTo(consumer, starts)
     consumer.subscribe([topic], listener)
@@ -137,11 +145,11 @@ def test_consumer_starts_where_the_listener_seeks_and_reads_each_record_once(
 
 
 def test_partition_count_is_the_topics_and_none_for_a_topic_that_does_not_exist(
-    kafka_bootstrap, library
+    kafka_bootstrap, library, open_consumer
 ):
     topic = f"count-{uuid.uuid4().hex[:8]}"
     create_topics(kafka_bootstrap, [topic], partitions=3)
-    consumer = make_consumer(KafkaClientConfig(kafka_bootstrap, library),
+    consumer = open_consumer(KafkaClientConfig(kafka_bootstrap, library),
                              ConsumerSettings(group_id=f"g-{topic}"))
     try:
         assert consumer.partition_count(topic) == 3
@@ -151,13 +159,13 @@ def test_partition_count_is_the_topics_and_none_for_a_topic_that_does_not_exist(
 
 
 def test_paused_partition_delivers_nothing_and_resumes_without_gap_or_repeat(
-    kafka_bootstrap, library
+    kafka_bootstrap, library, open_consumer
 ):
     topic = f"pause-{uuid.uuid4().hex[:8]}"
     create_topics(kafka_bootstrap, [topic], partitions=1)
     produce(kafka_bootstrap, "kafka-python", topic, 3_000)
     tp = TopicPartition(topic, 0)
-    consumer = make_consumer(KafkaClientConfig(kafka_bootstrap, library),
+    consumer = open_consumer(KafkaClientConfig(kafka_bootstrap, library),
                              ConsumerSettings(group_id=f"g-{topic}", max_poll_records=100))
     consumer.subscribe([topic], SeekTo(consumer, {}))
     offsets: list[int] = []
@@ -177,13 +185,13 @@ def test_paused_partition_delivers_nothing_and_resumes_without_gap_or_repeat(
         consumer.close(10)
 
 
-def test_commit_is_visible_to_the_group(kafka_bootstrap, library):
+def test_commit_is_visible_to_the_group(kafka_bootstrap, library, open_consumer):
     topic = f"commit-{uuid.uuid4().hex[:8]}"
     create_topics(kafka_bootstrap, [topic], partitions=1)
     produce(kafka_bootstrap, "kafka-python", topic, 20)
     tp = TopicPartition(topic, 0)
     group = f"g-{topic}"
-    consumer = make_consumer(KafkaClientConfig(kafka_bootstrap, library),
+    consumer = open_consumer(KafkaClientConfig(kafka_bootstrap, library),
                              ConsumerSettings(group_id=group))
     consumer.subscribe([topic], SeekTo(consumer, {}))
     try:
@@ -239,9 +247,10 @@ def test_security_settings_are_valid_options_of_both_libraries():
     assert props["sasl.mechanism"] == "PLAIN" and props["security.protocol"] == "sasl_plaintext"
 
 
-def test_a_sasl_password_is_never_logged(kafka_bootstrap, kafka_topics, caplog):
+def test_a_sasl_password_is_never_logged(kafka_bootstrap, kafka_topics, caplog, capfd):
     """The broker here speaks no SASL: the service fails to authenticate, logs why, stays
-    up, stops on request — and the password appears in none of it."""
+    up, stops on request — and the password appears in none of it, in the service's log
+    or in its read-ahead process's (which writes to the same stderr)."""
     pytest.importorskip("confluent_kafka", reason="the confluent extra is not installed")
     from pipeline.service import Service, ServiceConfig, Topics
 
@@ -266,3 +275,6 @@ def test_a_sasl_password_is_never_logged(kafka_bootstrap, kafka_topics, caplog):
     assert caplog.records, "nothing was logged: the check below would be empty"
     assert all(secret not in record.getMessage() for record in caplog.records)
     assert secret not in repr(config)
+    child_log = capfd.readouterr().err
+    assert " read-ahead " in child_log, "the read-ahead process logged nothing"
+    assert secret not in child_log

@@ -310,7 +310,9 @@ def test_a_revocation_writes_a_checkpoint_first_and_loses_or_repeats_nothing(
     The rebalances are asked for by the service's own group coordinator (a JoinGroup /
     SyncGroup round trip with the broker): a second member subscribed to another topic
     makes the embedded broker rebalance again and again, and one on these topics would
-    take partitions away (one instance owns them all).
+    take partitions away (one instance owns them all). The coordinator is reached on the
+    service's thread, so the client is not in a read-ahead process here; rebalances
+    through one are tested in test_read_ahead.py and test_roles.py.
     """
     from pipeline.service import Service, ServiceConfig
     from replay.report import OutcomeRecorder
@@ -320,7 +322,7 @@ def test_a_revocation_writes_a_checkpoint_first_and_loses_or_repeats_nothing(
         bootstrap=kafka_bootstrap, learners=("ftrl", "din"), metrics_port=None,
         topics=stream["topics"], group_id=f"revoke-{uuid.uuid4()}", joiner=WINDOW,
         checkpoint_dir=tmp_path / "ck", checkpoint_interval_s=3600, max_poll_records=500,
-        max_events=stream["total"],
+        max_events=stream["total"], read_ahead=False,
         # Small merge buffers: a poll's release stays small, so each rejoin (taken at the
         # next poll) lands soon after it was asked for, and partitions are paused and
         # resumed all along (kafka-python 3.0.12 stalled on that: pipeline.service).
