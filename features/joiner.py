@@ -241,13 +241,15 @@ class Release(msgspec.Struct, frozen=True, gc=False):
 @dataclass(frozen=True)
 class JoinResult:
     """What a call processed: the events in processing order, each one's status and
-    feature row (for a new impression, else -1), the releases in order, the orphans."""
+    feature row (for a new impression, else -1), the releases in order, the orphans, and
+    the events' codes (``codes.user`` … aligned with ``events``)."""
 
     events: list[Impression | Click]
     status: np.ndarray
     rows: np.ndarray
     releases: list[Release]
     orphans: list[Click]
+    codes: EncodedEvents
 
 
 class EncodedEvents(NamedTuple):
@@ -682,12 +684,13 @@ class Joiner:
             impressions[row] = events[i]  # type: ignore[assignment]
         for i in np.flatnonzero(status == k.CLICK_HELD).tolist():
             self._held[int(due.key[i])] = events[i]  # type: ignore[assignment]
-        result = self._result(out, events)  # may hand back held clicks as orphans
+        result = self._result(out, events, due)  # may hand back held clicks as orphans
         for key in due.key[status == k.IMP_NEW_JOINED_HELD].tolist():
             self._held.pop(key, None)
         return result
 
-    def _result(self, out: k.BatchOutput, events: Sequence[Impression | Click]) -> JoinResult:
+    def _result(self, out: k.BatchOutput, events: Sequence[Impression | Click],
+                codes: EncodedEvents) -> JoinResult:
         n_rel, n_orph = int(out.counts[0]), int(out.counts[1])
         impressions = self._impressions
         releases = []
@@ -706,7 +709,7 @@ class Joiner:
             orphans.append(events[event] if event >= 0 else self._held.pop(key))
         n = len(events)
         return JoinResult(list(events), out.status[:n].copy(), out.row[:n].copy(), releases,
-                          orphans)  # type: ignore[arg-type]
+                          orphans, codes)  # type: ignore[arg-type]
 
     def _output(self, batch: int) -> k.BatchOutput:
         """Output buffers for a batch, reused while large enough: fresh ones each batch

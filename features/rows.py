@@ -17,7 +17,7 @@ its final release, so a row built again at learning time is the one that was sco
 >>> from features.events import Click, Impression
 >>> from features.featurize import impression_features
 >>> from features.hashing import hash_names
->>> from features.joiner import Joiner
+>>> from features.joiner import EncodedEvents, Joiner
 >>> j = Joiner()
 >>> imp = Impression("i1", "r1", "u7", "it3", "c2", 1, 1000, {"device": "ios"})
 >>> result = j.push([Impression("i0", "r0", "u7", "it1", "c2", 0, 0), Click("i0", "u7", 10), imp])
@@ -37,7 +37,6 @@ from collections.abc import Sequence
 
 import numba as nb
 import numpy as np
-import xxhash
 
 from features import joinkernel as k
 from features.events import Click, Impression
@@ -55,24 +54,24 @@ from features.featurize import (
     _name_hashes,
 )
 from features.hashing import SparseBatch, hash_names
-from features.joiner import Joiner
+from features.joiner import EncodedEvents, Joiner
 
 __all__ = ["ImpressionRows"]
 
-_xxh3 = xxhash.xxh3_64_intdigest
-# Hashes of recently seen per-impression names (ids, crosses, context): popular ones recur.
-# Cleared when full, so memory stays bounded.
-_NAME_CACHE_SIZE = 1 << 18
+# Hashes of recently seen crosses and context pairs: popular ones recur. Cleared when
+# full, so memory stays bounded.
+_CROSS_CACHE_SIZE = 1 << 20
+_CONTEXT_CACHE_SIZE = 1 << 16
+# What a cross key (kind, a, b) is of: (position, 0), (user stamp, category stamp), (item
+# stamp, position), (category stamp, context pair number).
+_POSITION, _USER_CATEGORY, _ITEM_POSITION, _CATEGORY_CTX = range(4)
+_CROSS_KEY = nb.types.UniTuple(nb.types.int64, 3)
 # Per-impression names kept by feature row: user, item, category, position, user×category,
 # item×position, then two per context field.
 _IDS = 6
 # Columns of the fixed hashes: bias, recent_item_match, the count buckets, then the dense
 # names in impression_features' order.
 _BIAS, _MATCH, _BUCKETS = 0, 1, 2
-
-
-def _signed(h: int) -> int:
-    return h - (1 << 64) if h >= 1 << 63 else h
 
 
 class ImpressionRows:
@@ -91,54 +90,94 @@ class ImpressionRows:
         self._constants = np.array([_PRIOR_CTR * _PRIOR_STRENGTH, _PRIOR_STRENGTH, _PRIOR_CTR,
                                     _LIFT_CLIP, _LOG_COUNT_SCALE, _RECENT_NORM, _TOPK_NORM])
         self._bounds = np.array(_COUNT_BUCKETS, np.int64)
-        self._names: dict[str, int] = {}
+        # (kind, a, b) -> hash of a cross or position name (see admit), and the numbers
+        # of context (key, value) pairs with their ctx.key=value hashes.
+        self._crosses = nb.typed.Dict.empty(_CROSS_KEY, nb.types.int64)
+        self._context: dict[tuple[str, str], int] = {}
+        self._context_hashes = np.zeros(0, np.int64)
         self._ids = np.zeros((0, _IDS), np.int64)  # widened for context fields as they come
         self._n_ids = np.zeros(0, np.int64)
         self._item = np.zeros(0, np.int32)
 
-    def admit(self, rows: np.ndarray, events: Sequence[Impression | Click]) -> None:
+    def admit(self, rows: np.ndarray, events: Sequence[Impression | Click],
+              codes: EncodedEvents | None = None) -> None:
         """Hash the per-impression names of the new impressions among ``events`` (those
-        whose ``rows`` entry, the joiner's feature row, is not -1)."""
+        whose ``rows`` entry, the joiner's feature row, is not -1). ``codes``: the events'
+        user, item and category codes (:attr:`JoinResult.codes`), else looked up."""
         scored = np.flatnonzero(rows >= 0)
         if not scored.size:
             return
         new_rows = rows[scored]
         imps: list[Impression] = [events[i] for i in scored.tolist()]  # type: ignore[misc]
         joiner = self._joiner
-        # Ids by their codes (hashes kept per code as the interners grow); positions,
-        # crosses and context by name.
-        user = joiner.users.code
-        item = joiner.items.code
-        cat = joiner.categories.code
-        items = np.array([item(imp.item_id) for imp in imps], np.int64)
-        self._reserve(int(new_rows.max()) + 1, max(len(imp.context) for imp in imps))
+        if codes is None:
+            user = np.array([joiner.users.code(imp.user_id) for imp in imps], np.int64)
+            items = np.array([joiner.items.code(imp.item_id) for imp in imps], np.int64)
+            cats = np.array([joiner.categories.code(imp.category_id) for imp in imps], np.int64)
+        else:
+            user, items, cats = (np.asarray(c[scored], np.int64)
+                                 for c in (codes.user, codes.item, codes.cat))
+        n_context = np.fromiter((len(imp.context) for imp in imps), np.int64, len(imps))
+        self._reserve(int(new_rows.max()) + 1, int(n_context.max()))
         ids = self._ids
-        ids[new_rows, 0] = _name_hashes(joiner.users, "user=")(
-            np.array([user(imp.user_id) for imp in imps], np.int64))
+        ids[new_rows, 0] = _name_hashes(joiner.users, "user=")(user)
         ids[new_rows, 1] = _name_hashes(joiner.items, "item=")(items)
-        ids[new_rows, 2] = _name_hashes(joiner.categories, "category=")(
-            np.array([cat(imp.category_id) for imp in imps], np.int64))
+        ids[new_rows, 2] = _name_hashes(joiner.categories, "category=")(cats)
         self._item[new_rows] = items
-        names = self._names
-        if len(names) > _NAME_CACHE_SIZE:
-            names.clear()
-        hashed = self._hash
-        flat: list[int] = []
-        n_ids = []
-        for imp in imps:
-            item_id, cat_id, position = imp.item_id, imp.category_id, imp.position
-            row_names = [f"position={position}", f"user×category={imp.user_id}|{cat_id}",
-                         f"item×position={item_id}|{position}"]
-            for key, value in imp.context.items():
-                row_names.append(f"ctx.{key}={value}")
-                row_names.append(f"category×ctx.{key}={cat_id}|{value}")
-            flat += [names[n] if n in names else hashed(n) for n in row_names]
-            n_ids.append(len(row_names))
-        lengths = np.array(n_ids, np.int64)
-        self._n_ids[new_rows] = lengths + 3
-        at = np.repeat(new_rows, lengths)
-        column = np.arange(len(flat)) - np.repeat(np.cumsum(lengths) - lengths, lengths) + 3
-        ids[at, column] = flat
+        # The crosses by the stamps of their ids' codes (a code reused for another string
+        # has a new stamp), the context by (key, value) number: hashed once each, kept.
+        positions = np.fromiter((imp.position for imp in imps), np.int64, len(imps))
+        pairs = [kv for imp in imps for kv in imp.context.items()]
+        context = self._context_numbers(pairs)
+        of_pair = np.repeat(np.arange(len(imps)), n_context)
+        user_at, item_at, cat_at = (interner.stamps[c] for interner, c in (
+            (joiner.users, user), (joiner.items, items), (joiner.categories, cats)))
+        n = len(imps)
+        kinds = np.repeat(np.array([_POSITION, _USER_CATEGORY, _ITEM_POSITION, _CATEGORY_CTX],
+                                   np.int64), [n, n, n, len(pairs)])
+        a = np.concatenate([positions, user_at, item_at, cat_at[of_pair]])
+        b = np.concatenate([np.zeros(n, np.int64), cat_at, positions, context])
+        hashes = np.empty(kinds.size, np.int64)
+        misses = _cached_hashes(self._crosses, kinds, a, b, hashes)
+        if misses.size:
+            names = []
+            for j in misses.tolist():
+                kind = int(kinds[j])
+                imp = imps[j % n if kind != _CATEGORY_CTX else int(of_pair[j - 3 * n])]
+                if kind == _POSITION:
+                    names.append(f"position={imp.position}")
+                elif kind == _USER_CATEGORY:
+                    names.append(f"user×category={imp.user_id}|{imp.category_id}")
+                elif kind == _ITEM_POSITION:
+                    names.append(f"item×position={imp.item_id}|{imp.position}")
+                else:
+                    key, value = pairs[j - 3 * n]
+                    names.append(f"category×ctx.{key}={imp.category_id}|{value}")
+            hashes[misses] = hash_names(names)
+            _remember(self._crosses, kinds[misses], a[misses], b[misses], hashes[misses],
+                      _CROSS_CACHE_SIZE)
+        _write_ids(ids, self._n_ids, new_rows, hashes[:n], hashes[n:2 * n],
+                   hashes[2 * n:3 * n], n_context, self._context_hashes[context],
+                   hashes[3 * n:])
+
+    def _context_numbers(self, pairs: list[tuple[str, str]]) -> np.ndarray:
+        """A number for each context (key, value), with ``ctx.key=value``'s hash by number."""
+        numbers = self._context
+        if len(numbers) + len(pairs) > _CONTEXT_CACHE_SIZE:  # bounded: numbers start over
+            numbers.clear()
+            self._crosses.clear()
+        get = numbers.get
+        found = [get(kv) for kv in pairs]
+        if None in found:
+            new = list(dict.fromkeys(
+                kv for kv, number in zip(pairs, found, strict=True) if number is None))
+            start = len(numbers)
+            numbers.update(zip(new, range(start, start + len(new)), strict=True))
+            hashes = np.resize(self._context_hashes, len(numbers))
+            hashes[start:] = hash_names(f"ctx.{key}={value}" for key, value in new)
+            self._context_hashes = hashes
+            found = [numbers[kv] for kv in pairs]
+        return np.array(found, np.int64)
 
     def build(self, rows: np.ndarray) -> SparseBatch:
         """The rows of the impressions at these feature rows (admitted, still open), in order."""
@@ -158,10 +197,6 @@ class ImpressionRows:
                self._constants, self._bounds, indptr, hashes, values)
         return SparseBatch(indptr, hashes[:indptr[-1]], values[:indptr[-1]])
 
-    def _hash(self, name: str) -> int:
-        h = self._names[name] = _signed(_xxh3(name.encode("utf-8")))
-        return h
-
     def _reserve(self, rows: int, context_fields: int) -> None:
         width = max(self._ids.shape[1], _IDS + 2 * context_fields)
         have = self._ids.shape[0]
@@ -173,6 +208,49 @@ class ImpressionRows:
         self._ids = ids
         self._n_ids = np.concatenate([self._n_ids, np.zeros(size - have, np.int64)])
         self._item = np.concatenate([self._item, np.zeros(size - have, np.int32)])
+
+
+@nb.njit(cache=True)
+def _cached_hashes(cache, kinds, a, b, out):
+    """out[j] = cache[(kinds[j], a[j], b[j])] where known; returns the j of the others."""
+    misses = np.empty(kinds.size, np.int64)
+    m = 0
+    for j in range(kinds.size):
+        key = (kinds[j], a[j], b[j])
+        if key in cache:
+            out[j] = cache[key]
+        else:
+            misses[m] = j
+            m += 1
+    return misses[:m]
+
+
+@nb.njit(cache=True)
+def _remember(cache, kinds, a, b, hashes, limit):
+    if len(cache) + kinds.size > limit:
+        cache.clear()
+    for j in range(kinds.size):
+        cache[(kinds[j], a[j], b[j])] = hashes[j]
+
+
+@nb.njit(cache=True)
+def _write_ids(ids, n_ids, rows, position, user_category, item_position, n_context,
+               context, category_context):
+    """Columns 3.. of each row's ids in impression_features' order: position, user×category,
+    item×position, then ctx and category×ctx of each context field (flat, in order)."""
+    f = 0
+    for j in range(rows.size):
+        row = rows[j]
+        ids[row, 3] = position[j]
+        ids[row, 4] = user_category[j]
+        ids[row, 5] = item_position[j]
+        column = 6
+        for _ in range(n_context[j]):
+            ids[row, column] = context[f]
+            ids[row, column + 1] = category_context[f]
+            column += 2
+            f += 1
+        n_ids[row] = column
 
 
 @nb.njit(cache=True)

@@ -171,7 +171,7 @@ class OnlineEngine:
         one batch per learner (every release is a final one: wait mode)."""
         assert self._rows is not None
         releases, rows = result.releases, result.rows
-        self._rows.admit(rows, result.events)
+        self._rows.admit(rows, result.events, result.codes)
         scored = np.flatnonzero(rows >= 0)
         n_rel = len(releases)
         rel_event = np.fromiter([r.event for r in releases], np.int64, n_rel)
