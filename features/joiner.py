@@ -250,6 +250,16 @@ class JoinResult:
     releases: list[Release]
     orphans: list[Click]
     codes: EncodedEvents
+    # The releases' event, phase, row, label and final_ts, as arrays (releases' order).
+    release_columns: ReleaseColumns
+
+
+class ReleaseColumns(NamedTuple):
+    event: np.ndarray  # int64
+    phase: np.ndarray  # int8
+    row: np.ndarray  # int64
+    label: np.ndarray  # int8
+    final_ts: np.ndarray  # int64
 
 
 class EncodedEvents(NamedTuple):
@@ -694,10 +704,12 @@ class Joiner:
         n_rel, n_orph = int(out.counts[0]), int(out.counts[1])
         impressions = self._impressions
         releases = []
+        columns = ReleaseColumns(*(column[:n_rel].copy() for column in (
+            out.rel_event, out.rel_phase, out.rel_row, out.rel_label, out.rel_final_ts)))
         for kind, row, label, click_ts, final_ts, event, phase in zip(
-                *(column[:n_rel].tolist() for column in (
-                    out.rel_kind, out.rel_row, out.rel_label, out.rel_click_ts,
-                    out.rel_final_ts, out.rel_event, out.rel_phase)), strict=True):
+                out.rel_kind[:n_rel].tolist(), columns.row.tolist(), columns.label.tolist(),
+                out.rel_click_ts[:n_rel].tolist(), columns.final_ts.tolist(),
+                columns.event.tolist(), columns.phase.tolist(), strict=True):
             releases.append(Release(kind, impressions[row], row, label,  # type: ignore[arg-type]
                                     None if click_ts < 0 else click_ts, final_ts, event, phase))
             if kind == FINAL:
@@ -709,7 +721,7 @@ class Joiner:
             orphans.append(events[event] if event >= 0 else self._held.pop(key))
         n = len(events)
         return JoinResult(list(events), out.status[:n].copy(), out.row[:n].copy(), releases,
-                          orphans, codes)  # type: ignore[arg-type]
+                          orphans, codes, columns)  # type: ignore[arg-type]
 
     def _output(self, batch: int) -> k.BatchOutput:
         """Output buffers for a batch, reused while large enough: fresh ones each batch

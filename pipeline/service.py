@@ -266,7 +266,7 @@ class Service:
             for name in config.learners
         }
         self.metrics = ServiceMetrics(self.learners, window=config.rolling_window)
-        callbacks = [self.metrics.on_outcome, *extra_outcome_callbacks]
+        callbacks = list(extra_outcome_callbacks)
         publishing = config.publish_samples or config.role == "join"
         if publishing:
             callbacks.append(self._publish_sample)
@@ -277,7 +277,8 @@ class Service:
         self._stage: OnlineEngine | SampleTrainer
         self._decoders: dict[str, Callable[[bytes | None], Impression | Click | Sample]]
         if config.role == "train":
-            self._stage = SampleTrainer(self.learners, on_outcome=callbacks)
+            self._stage = SampleTrainer(self.learners,
+                                        on_outcome=[self.metrics.on_outcome, *callbacks])
             self._decoders = {topics.samples: self._stage.decode}
         else:
             # Published samples carry the behaviour sequences whatever learns here, so a
@@ -286,6 +287,7 @@ class Service:
                          if publishing else impression_features)
             self._stage = self.engine = OnlineEngine(
                 self.learners, config.joiner, featurize=featurize, on_outcome=callbacks,
+                on_outcomes=[self.metrics.on_outcomes],
                 on_orphan=[self._reject_orphan])
             # Impressions before clicks on equal event times, as in replay.
             self._decoders = {topics.impressions: decode_impression, topics.clicks: decode_click}

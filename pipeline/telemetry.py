@@ -33,11 +33,12 @@ import math
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from importlib import metadata
 from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
+import numpy as np
 from prometheus_client import (
     CollectorRegistry,
     Counter,
@@ -52,7 +53,7 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.exposition import ThreadingWSGIServer
 from prometheus_client.registry import Collector
 
-from features.joiner import JoinStats
+from features.joiner import JoinStats, Release
 from replay.breakdown import DELAY_EDGES_S
 from replay.engine import Outcome
 from replay.metrics import RollingWindow
@@ -149,7 +150,8 @@ class ServiceMetrics:
 
     * ``consumed.labels(topic).inc(n)`` and ``rejected.labels(topic).inc()`` —
       ``streamctr_events_consumed_total``, ``streamctr_events_rejected_total`` (the DLQ);
-    * :meth:`on_outcome` (engine callback) — rolling learner gauges, label delays;
+    * :meth:`on_outcome` / :meth:`on_outcomes` (engine callbacks, per sample or per
+      batch) — rolling learner gauges, label delays;
     * :meth:`publish` (about once a second) and :meth:`publish_learners` — joiner
       counters, gauges, learner counters; ``publish`` is also the loop's heartbeat;
     * :meth:`set_consumer_lag` — per-partition lag;
@@ -407,10 +409,21 @@ class ServiceMetrics:
     def on_outcome(self, outcome: Outcome) -> None:
         """Engine callback: feed each learner's rolling window and the label-delay histogram."""
         release = outcome.release
-        label = release.label
         for name, score in outcome.scores.items():
-            self._windows[name].add(label, score)
-        if label == 1 and release.click_ts is not None:
+            self._windows[name].add(release.label, score)
+        self._observe_label_delay(release)
+
+    def on_outcomes(self, releases: Sequence[Release], scores: Mapping[str, np.ndarray]
+                    ) -> None:
+        """Engine batch callback: :meth:`on_outcome` for a batch of final releases."""
+        labels = np.fromiter([r.label for r in releases], np.int8, len(releases))
+        for name, batch_scores in scores.items():
+            self._windows[name].add_many(labels, batch_scores)
+        for release in releases:
+            self._observe_label_delay(release)
+
+    def _observe_label_delay(self, release: Release) -> None:
+        if release.label == 1 and release.click_ts is not None:
             self.label_delay.observe(max(0.0, (release.click_ts - release.impression.ts) / 1000))
 
     def publish(self, stats: JoinStats, open_windows: int, newest_event_ts: int | None) -> None:

@@ -47,7 +47,8 @@ from features.rows import ImpressionRows
 from learners import Learner
 from learners.base import HashedRows, PreparedInput, QueuedScoring
 
-__all__ = ["LearnCallback", "OnlineEngine", "Outcome", "OutcomeCallback", "ScoreCallback"]
+__all__ = ["LearnCallback", "OnlineEngine", "Outcome", "OutcomeCallback", "OutcomesCallback",
+           "ScoreCallback"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,6 +62,9 @@ class Outcome:
 
 
 OutcomeCallback = Callable[[Outcome], None]
+# A batch's final releases, in order, with each learner's scores of them: scores[name][i]
+# is the score of releases[i] (float64 arrays).
+OutcomesCallback = Callable[[Sequence[Release], Mapping[str, np.ndarray]], None]
 ScoreCallback = Callable[[Impression, JoinedFeatures], None]
 LearnCallback = Callable[[Release], None]
 Featurizer = Callable[[Impression, JoinedFeatures], dict[str, float]]
@@ -85,6 +89,9 @@ class OnlineEngine:
     joiner_config: JoinerConfig = field(default_factory=JoinerConfig)
     featurize: Featurizer = impression_features
     on_outcome: list[OutcomeCallback] = field(default_factory=list)
+    # The same outcomes a batch at a time, after the batch's on_outcome calls: no Outcome
+    # object per sample (live gauges want only labels and scores).
+    on_outcomes: list[OutcomesCallback] = field(default_factory=list)
     on_orphan: list[Callable[[Click], None]] = field(default_factory=list)
     on_score: list[ScoreCallback] = field(default_factory=list)
     on_learn: list[LearnCallback] = field(default_factory=list)
@@ -125,6 +132,7 @@ class OnlineEngine:
         # impression → its positive label reaching the learners.
         self._delay_ms = {"first": 0, "positive": 0}
         self._delay_n = {"first": 0, "positive": 0}
+        self._finals: list[tuple[Release, dict[str, float]]] = []  # for on_outcomes
 
     def process(self, events: Sequence[Impression | Click]) -> None:
         """Join, score and learn a batch of events (in arrival order)."""
@@ -162,9 +170,19 @@ class OnlineEngine:
                 r += 1
         for release in releases[r:]:
             self._settle(release)
+        if self._finals:
+            finals, self._finals = self._finals, []
+            self._emit_outcomes([release for release, _ in finals], {
+                name: np.array([scores[name] for _, scores in finals], np.float64)
+                for name in self.learners})
         for click in result.orphans:
             for callback in self.on_orphan:
                 callback(click)
+
+    def _emit_outcomes(self, finals: Sequence[Release], scores: Mapping[str, np.ndarray]
+                       ) -> None:
+        for callback in self.on_outcomes:
+            callback(finals, scores)
 
     def _settle_rows(self, result: JoinResult) -> None:
         """:meth:`_settle_all` over compiled rows: the same order of scores and learns, as
@@ -174,10 +192,7 @@ class OnlineEngine:
         self._rows.admit(rows, result.events, result.codes)
         scored = np.flatnonzero(rows >= 0)
         n_rel = len(releases)
-        rel_event = np.fromiter([r.event for r in releases], np.int64, n_rel)
-        rel_phase = np.fromiter([r.phase for r in releases], np.int64, n_rel)
-        rel_row = np.fromiter([r.row for r in releases], np.int64, n_rel)
-        rel_label = np.fromiter([r.label for r in releases], np.int8, n_rel)
+        rel_event, rel_phase, rel_row, rel_label, rel_final_ts = result.release_columns
         # A release at event i comes before i's score if phase 0, after it if not; those of
         # a flush (event -1) after every event. The sort is stable: releases keep their order.
         order = np.lexsort((
@@ -197,14 +212,23 @@ class OnlineEngine:
                 # No row serves two impressions in one batch (the joiner recycles a row a
                 # batch after its release), so every score lands before it is read.
                 self._row_scores[op_rows[is_score], j] = op_scores[is_score]
-            names = list(self.learners)
-            columns = self._row_scores[rel_row].T.tolist()  # one list per learner
+            scores = self._row_scores[rel_row].T.copy()  # (learners, releases)
             self._row_scores[rel_row] = np.nan
-            for release, *row_scores in zip(releases, *columns, strict=True):
-                outcome = Outcome(release, dict(zip(names, row_scores, strict=True)))
-                for callback in self.on_outcome:
-                    callback(outcome)
-                self._count_delay(release)
+            if self.on_outcome:
+                names = list(self.learners)
+                for release, *row_scores in zip(releases, *scores.tolist(), strict=True):
+                    outcome = Outcome(release, dict(zip(names, row_scores, strict=True)))
+                    for callback in self.on_outcome:
+                        callback(outcome)
+            if releases:
+                self._emit_outcomes(releases, dict(zip(self.learners, scores, strict=True)))
+                delay = rel_final_ts - np.fromiter([r.impression.ts for r in releases],
+                                                   np.int64, n_rel)
+                positive = rel_label == 1
+                self._delay_ms["first"] += int(delay.sum())
+                self._delay_n["first"] += n_rel
+                self._delay_ms["positive"] += int(delay[positive].sum())
+                self._delay_n["positive"] += int(positive.sum())
         for click in result.orphans:
             for callback in self.on_orphan:
                 callback(click)
@@ -297,6 +321,8 @@ class OnlineEngine:
             outcome = Outcome(release, scores, x)
             for callback in self.on_outcome:
                 callback(outcome)
+            if self.on_outcomes:
+                self._finals.append((release, scores))
         else:
             x, _, prepared = self._open[release.row]
             self._learn(x, prepared, release)

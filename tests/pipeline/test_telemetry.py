@@ -71,14 +71,27 @@ def test_tree_refits_swaps_and_drifts_of_the_hybrid_are_exported_as_counters():
         stats["drifts"]
 
 
-def test_rolling_gauges_equal_the_replay_metrics_over_the_last_window_outcomes():
+def feed(metrics: ServiceMetrics, outcomes: list, batched: bool) -> None:
+    """One outcome at a time (on_outcome), or in batches of 64 (the engine's on_outcomes)."""
+    if not batched:
+        for o in outcomes:
+            metrics.on_outcome(o)
+        return
+    for start in range(0, len(outcomes), 64):
+        part = outcomes[start:start + 64]
+        metrics.on_outcomes([o.release for o in part],
+                            {"ftrl": np.array([o.scores["ftrl"] for o in part])})
+
+
+@pytest.mark.parametrize("batched", [False, True])
+def test_rolling_gauges_equal_the_replay_metrics_over_the_last_window_outcomes(batched):
     rng = np.random.default_rng(7)
     n, window = 700, 500
     y = (rng.random(n) < 0.2).astype(int)
     p = np.clip(0.1 + 0.5 * y * rng.random(n) + 0.2 * rng.random(n), 0.0, 1.0)
     metrics = ServiceMetrics(["ftrl"], window=window)
-    for yi, pi in zip(y, p, strict=True):
-        metrics.on_outcome(outcome(int(yi), {"ftrl": float(pi)}))
+    feed(metrics, [outcome(int(yi), {"ftrl": float(pi)}) for yi, pi in zip(y, p, strict=True)],
+         batched)
     metrics.publish(JoinStats(), 0, None)
     yw, pw = y[-window:], p[-window:]
     got = {name: value(metrics, f"streamctr_rolling_{name}", learner="ftrl")
@@ -98,11 +111,13 @@ def test_rolling_metrics_are_nan_where_undefined():
     assert w.logloss() > 0
 
 
-def test_label_delay_histogram_counts_joined_clicks_by_seconds_after_the_impression():
+@pytest.mark.parametrize("batched", [False, True])
+def test_label_delay_histogram_counts_joined_clicks_by_seconds_after_the_impression(batched):
     metrics = ServiceMetrics(["ftrl"])
-    metrics.on_outcome(outcome(1, {"ftrl": 0.5}, click_after_ms=1_500))
-    metrics.on_outcome(outcome(1, {"ftrl": 0.5}, click_after_ms=45_000))
-    metrics.on_outcome(outcome(0, {"ftrl": 0.5}))  # a negative has no label delay
+    feed(metrics, [outcome(1, {"ftrl": 0.5}, click_after_ms=1_500),
+                   outcome(1, {"ftrl": 0.5}, click_after_ms=45_000),
+                   outcome(0, {"ftrl": 0.5})],  # a negative has no label delay
+         batched)
     name = "streamctr_label_delay_seconds"
     assert value(metrics, f"{name}_count") == 2
     assert value(metrics, f"{name}_sum") == pytest.approx(46.5)

@@ -154,3 +154,24 @@ def test_rows_widen_for_impressions_with_more_context_fields_than_before():
         lo, hi = batch.indptr[b], batch.indptr[b + 1]
         assert batch.hashes[lo:hi].tolist() == hash_names(x).tolist()
         assert batch.values[lo:hi].tolist() == list(x.values())
+
+
+@pytest.mark.parametrize("compiled", [True, False])
+def test_batch_outcome_callbacks_see_the_per_outcome_stream_in_order(stream_events, compiled):
+    one_by_one: list = []
+    batches: list = []
+
+    def on_outcomes(releases, scores):
+        assert all(len(s) == len(releases) and s.dtype == np.float64 for s in scores.values())
+        batches.extend((r.impression.impression_id, r.label, {"ftrl": float(s)})
+                       for r, s in zip(releases, scores["ftrl"], strict=True))
+
+    engine = OnlineEngine({"ftrl": make_learner("ftrl")}, on_outcome=[one_by_one.append],
+                          on_outcomes=[on_outcomes], compiled_rows=compiled)
+    for start in range(0, 6_000, 500):
+        engine.process(stream_events[start:start + 500])
+    engine.finish()
+    assert (engine._rows is not None) == compiled
+    assert len(batches) > 4_000
+    assert batches == [(o.release.impression.impression_id, o.release.label, dict(o.scores))
+                       for o in one_by_one]
