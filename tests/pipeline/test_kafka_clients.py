@@ -261,7 +261,8 @@ def test_a_sasl_password_is_never_logged(kafka_bootstrap, kafka_topics, caplog, 
                                sasl_username="svc", sasl_password=secret),
         topics=Topics(kafka_topics["impressions"], kafka_topics["clicks"],
                       kafka_topics["samples"], kafka_topics["dlq"]),
-        group_id=f"g-{uuid.uuid4().hex[:8]}", flush_timeout_s=2, close_timeout_s=2)
+        group_id=f"g-{uuid.uuid4().hex[:8]}", flush_timeout_s=2, close_timeout_s=2,
+        read_ahead=True)  # the secret travels to the child: it must not log it either
     service = Service(config)
     with caplog.at_level(logging.DEBUG):
         runner = threading.Thread(target=service.run)

@@ -248,3 +248,14 @@ def test_a_rebalance_runs_the_listener_between_batches_and_its_seeks_take_effect
         for consumer in (first, second):
             if consumer is not None:
                 consumer.close(10)
+
+
+def test_the_service_reads_ahead_by_default_with_kafka_python_only():
+    """librdkafka fetches on its own threads already: the bench showed no consistent gain
+    from the extra process there (docs/BENCHMARKS.md, service section)."""
+    from pipeline.service import ServiceConfig
+
+    assert ServiceConfig("h:1").reads_ahead
+    assert not ServiceConfig("h:1", kafka_client="confluent").reads_ahead
+    assert ServiceConfig("h:1", kafka_client="confluent", read_ahead=True).reads_ahead
+    assert not ServiceConfig("h:1", read_ahead=False).reads_ahead
