@@ -114,8 +114,15 @@ class Interner:
             self._free.append(int(code))
 
     def intern_many(self, values: Iterable[str]) -> np.ndarray:
-        intern = self.intern
-        return np.fromiter((intern(v) for v in values), dtype=np.int32)
+        """:meth:`intern` of each value, in order (the same codes as one call each)."""
+        values = values if isinstance(values, list) else list(values)
+        get = self._codes.get
+        codes = [get(value) for value in values]  # known strings: one dict lookup each
+        if None in codes:  # new ones are assigned in order of first appearance
+            intern = self.intern
+            codes = [intern(value) if code is None else code
+                     for value, code in zip(values, codes, strict=True)]
+        return np.array(codes, dtype=np.int32)
 
     def intern_series(self, series: pl.Series) -> np.ndarray:
         """Codes of a string column: one dict operation per distinct value, not per row."""

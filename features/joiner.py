@@ -452,13 +452,12 @@ class Joiner:
         kind = np.where(is_impression, k.IMPRESSION, k.CLICK).astype(np.int8)
         at = np.flatnonzero(is_impression)
         impressions: list[Impression] = [events[i] for i in at.tolist()]  # type: ignore[misc]
-        users, items, cats = self.users.intern, self.items.intern, self.categories.intern
         user = np.full(n, -1, np.int32)
         item = np.full(n, -1, np.int32)
         cat = np.full(n, -1, np.int32)
-        user[at] = [users(e.user_id) for e in impressions]
-        item[at] = [items(e.item_id) for e in impressions]
-        cat[at] = [cats(e.category_id) for e in impressions]
+        user[at] = self.users.intern_many([e.user_id for e in impressions])
+        item[at] = self.items.intern_many([e.item_id for e in impressions])
+        cat[at] = self.categories.intern_many([e.category_id for e in impressions])
         return EncodedEvents(kind, key, user, item, cat, ts)
 
     def presize(self, users: int, items: int, pairs: int, batch: int) -> None:
