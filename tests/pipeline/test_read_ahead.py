@@ -27,26 +27,11 @@ from pipeline.kafka_clients import (
     make_producer,
 )
 from pipeline.read_ahead import ReadAheadConsumer
+from tests.pipeline.test_kafka_clients import SeekTo
 
 pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-class FromBeginning:
-    def __init__(self, consumer) -> None:
-        self.consumer = consumer
-        self.assigned: set[TopicPartition] = set()
-
-    def on_partitions_revoked(self, revoked):
-        self.assigned -= revoked
-
-    def on_partitions_lost(self, lost):
-        self.assigned -= lost
-
-    def on_partitions_assigned(self, assigned):
-        self.assigned |= assigned
-        self.consumer.seek_to_beginning(*assigned)
 
 
 def produced_topic(bootstrap: str, n: int, partitions: int = 1) -> str:
@@ -65,7 +50,7 @@ def test_a_poll_returns_at_most_max_records_and_the_rest_follows_in_order(kafka_
     tp = TopicPartition(topic, 0)
     consumer = ReadAheadConsumer(KafkaClientConfig(kafka_bootstrap),
                                  ConsumerSettings(group_id=f"g-{topic}", max_poll_records=200))
-    consumer.subscribe([topic], FromBeginning(consumer))
+    consumer.subscribe([topic], SeekTo(consumer, {}))
     offsets: list[int] = []
     sizes: list[int] = []
     deadline = time.monotonic() + 60
@@ -92,7 +77,7 @@ def test_seeking_outside_the_listener_is_refused(kafka_bootstrap):
     tp = TopicPartition(topic, 0)
     consumer = ReadAheadConsumer(KafkaClientConfig(kafka_bootstrap),
                                  ConsumerSettings(group_id=f"g-{topic}"))
-    listener = FromBeginning(consumer)
+    listener = SeekTo(consumer, {})
     consumer.subscribe([topic], listener)
     try:
         deadline = time.monotonic() + 60
@@ -109,7 +94,7 @@ def test_a_killed_read_ahead_process_is_a_client_error_not_a_hang(kafka_bootstra
     topic = produced_topic(kafka_bootstrap, 10)
     consumer = ReadAheadConsumer(KafkaClientConfig(kafka_bootstrap),
                                  ConsumerSettings(group_id=f"g-{topic}"))
-    consumer.subscribe([topic], FromBeginning(consumer))
+    consumer.subscribe([topic], SeekTo(consumer, {}))
     os.kill(consumer.pid, signal.SIGKILL)
     started = time.monotonic()
     with pytest.raises(KafkaClientError, match="read-ahead process is gone"):
@@ -155,7 +140,7 @@ def test_a_service_killed_by_sigkill_takes_its_read_ahead_process_out_of_the_gro
             time.sleep(0.05)
         consumer = ReadAheadConsumer(KafkaClientConfig(kafka_bootstrap),
                                      ConsumerSettings(group_id=group, session_timeout_ms=30_000))
-        listener = FromBeginning(consumer)
+        listener = SeekTo(consumer, {})
         consumer.subscribe([topic], listener)
         try:
             while not listener.assigned:
@@ -176,12 +161,12 @@ def _alive(pid: int) -> bool:
         return False
 
 
-class Recording(FromBeginning):
+class Recording(SeekTo):
     """Seeks each assigned partition to ``start``; logs every call with what the
     consumer had returned so far."""
 
     def __init__(self, consumer, start: int, returned: list) -> None:
-        super().__init__(consumer)
+        super().__init__(consumer, {})
         self.start, self.returned, self.calls = start, returned, []
 
     def on_partitions_revoked(self, revoked):
