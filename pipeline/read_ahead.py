@@ -84,6 +84,8 @@ log = logging.getLogger(__name__)
 _CHILD_POLL_MS = 50
 _START_TIMEOUT_S = 60.0  # the child's interpreter start and the client's bootstrap
 _CALL_TIMEOUT_S = 120.0  # a call the child does not answer: it is stuck, not slow
+# Calls that wait for the broker: refused inside the client's listener (its IO thread).
+_BLOCKING_CALLS = frozenset({"commit", "offsets_range", "position"})
 
 
 # ----------------------------------------------------------------------- the messages
@@ -486,6 +488,7 @@ class _Child:
         self.close_timeout_s: float | None = None  # set: the parent asked to close
         self.subscribed = False
         self.parent_gone = False
+        self.in_listener = False
 
     def send(self, message: msgspec.Struct) -> None:
         if self.parent_gone:
@@ -578,6 +581,12 @@ class _Child:
     def call(self, call: _Call) -> Any:
         consumer = self.consumer
         partitions = [TopicPartition(t, p) for t, p in call.partitions]
+        if self.in_listener and call.method in _BLOCKING_CALLS:
+            # kafka-python runs its listener on its IO thread, where a call that waits for
+            # the broker cannot be made; the service commits again after the rebalance.
+            if call.method == "commit":
+                raise CommitFailed("rebalance in progress", retriable=True)
+            raise KafkaClientError(f"{call.method} cannot be answered during a rebalance")
         if call.method == "seek":
             return consumer.seek(partitions[0], call.offsets[0])
         if call.method == "seek_to_beginning":
@@ -615,9 +624,14 @@ class _ForwardRebalance:
 
     def _forward(self, kind: str, partitions: set[TopicPartition]) -> None:
         # The client catches what its listener raises: a lost parent is seen by the loop.
-        with contextlib.suppress(_ParentGone):
-            self._child.send(_Rebalance(kind, _pairs(partitions)))
-            self._child.wait_for_continue()
+        child = self._child
+        child.in_listener = True
+        try:
+            with contextlib.suppress(_ParentGone):
+                child.send(_Rebalance(kind, _pairs(partitions)))
+                child.wait_for_continue()
+        finally:
+            child.in_listener = False
 
     def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
         self._forward("revoked", revoked)

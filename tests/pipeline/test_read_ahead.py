@@ -244,3 +244,35 @@ def test_the_service_reads_ahead_by_default_with_kafka_python_only():
     assert not ServiceConfig("h:1", kafka_client="confluent").reads_ahead
     assert ServiceConfig("h:1", kafka_client="confluent", read_ahead=True).reads_ahead
     assert not ServiceConfig("h:1", read_ahead=False).reads_ahead
+
+
+def test_a_commit_inside_the_listener_is_refused_as_retriable_not_a_crash(kafka_bootstrap):
+    """kafka-python's listener runs on its IO thread, where a commit cannot wait for the
+    broker: the child answers 'retry after the rebalance' (the service does)."""
+    from pipeline.kafka_clients import CommitFailed
+
+    topic = produced_topic(kafka_bootstrap, 10)
+    tp = TopicPartition(topic, 0)
+    consumer = ReadAheadConsumer(KafkaClientConfig(kafka_bootstrap),
+                                 ConsumerSettings(group_id=f"g-{topic}"))
+    refused: list[CommitFailed] = []
+
+    class CommitsOnAssignment(SeekTo):
+        def on_partitions_assigned(self, assigned):
+            super().on_partitions_assigned(assigned)
+            try:
+                consumer.commit({tp: 0})
+            except CommitFailed as exc:
+                refused.append(exc)
+
+    listener = CommitsOnAssignment(consumer, {})
+    consumer.subscribe([topic], listener)
+    try:
+        deadline = time.monotonic() + 60
+        while not listener.assigned:
+            assert time.monotonic() < deadline
+            consumer.poll(200, 100)
+        assert len(refused) == 1 and refused[0].retriable
+        consumer.commit({tp: 5})  # outside the listener it goes through
+    finally:
+        consumer.close(10)
