@@ -308,8 +308,14 @@ class ReadAheadConsumer:
 
     def position(self, tp: TopicPartition) -> int:
         position = self._position.get(tp)
-        if position is None:  # nothing of it returned yet: the child's is the same
+        if position is None:  # nothing of it returned yet: ask the child, and then take
             position = self._call(_Call("position", _pairs((tp,))))
+            # the first record it read ahead of that, if any came before its answer.
+            waiting = [part.offsets[0] for part in self._held.get(tp, ())]
+            waiting += [part.offsets[0] for message in self._inbox
+                        if isinstance(message, _Polled) for part in message.records
+                        if (part.topic, part.partition) == (tp.topic, tp.partition)]
+            position = min(waiting, default=position)
         return position
 
     def highwater(self, tp: TopicPartition) -> int | None:
@@ -377,22 +383,20 @@ class ReadAheadConsumer:
                 continue
             # Past max_records, the rest comes with the next poll, and this poll's state
             # with the rest's last record.
-            if left <= 0:
-                self._inbox.appendleft(_Polled(polled.records[i:], polled.state))
+            rest = polled.records[i + 1:]
+            if left == 0:
+                self._inbox.appendleft(_Polled([part, *rest], polled.state))
                 return out
-            offsets, values = part.offsets, part.values
-            split = len(offsets) > left
-            if split:
-                self._inbox.appendleft(_Polled(
-                    [_Records(part.topic, part.partition, offsets[left:], values[left:]),
-                     *polled.records[i + 1:]], polled.state))
-                offsets, values = offsets[:left], values[:left]
+            offsets, values = part.offsets[:left], part.values[:left]
             # extend: records kept back while paused come as several parts of one partition
             out.setdefault(tp, []).extend(map(ConsumedRecord, offsets, values))
             self._position[tp] = offsets[-1] + 1
-            if split:
-                return out
             left -= len(offsets)
+            if len(offsets) < len(part.offsets):
+                self._inbox.appendleft(_Polled(
+                    [_Records(part.topic, part.partition, part.offsets[len(offsets):],
+                              part.values[len(offsets):]), *rest], polled.state))
+                return out
         if polled.state is not None:
             self._apply(polled.state)
         return out
@@ -500,14 +504,20 @@ class _Child:
             raise _ParentGone from exc
 
     def receive(self) -> _ToChild:
+        return _decode_to_child(self.receive_bytes())
+
+    def receive_bytes(self) -> bytes:
         try:
-            return _decode_to_child(self.conn.recv_bytes())
+            return self.conn.recv_bytes()
         except (OSError, EOFError) as exc:
             self.parent_gone = True
             raise _ParentGone from exc
 
     def run(self) -> None:
-        start = msgspec.msgpack.decode(self.receive_raw(), type=_Start)
+        try:
+            start = msgspec.msgpack.decode(self.receive_bytes(), type=_Start)
+        except _ParentGone:
+            return
         logging.basicConfig(level=start.log_level, format="%(asctime)s %(levelname)s "
                             "read-ahead %(name)s: %(message)s")
         try:
@@ -545,12 +555,6 @@ class _Child:
             return
         self.consumer.close(self.close_timeout_s)
         self.send(_Closed())
-
-    def receive_raw(self) -> bytes:
-        try:
-            return self.conn.recv_bytes()
-        except (OSError, EOFError) as exc:
-            raise SystemExit(f"read-ahead: no start message ({exc!r})") from exc
 
     def state(self) -> _State:
         consumer = self.consumer

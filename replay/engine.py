@@ -132,7 +132,6 @@ class OnlineEngine:
         # impression → its positive label reaching the learners.
         self._delay_ms = {"first": 0, "positive": 0}
         self._delay_n = {"first": 0, "positive": 0}
-        self._finals: list[tuple[Release, dict[str, float]]] = []  # for on_outcomes
 
     def process(self, events: Sequence[Impression | Click]) -> None:
         """Join, score and learn a batch of events (in arrival order)."""
@@ -158,20 +157,20 @@ class OnlineEngine:
             self._settle_rows(result)
             return
         releases, rows = result.releases, result.rows
+        finals: list[tuple[Release, dict[str, float]]] = []  # for on_outcomes
         r, n = 0, len(releases)
         for i, event in enumerate(result.events):
             while r < n and releases[r].event == i and releases[r].phase == 0:
-                self._settle(releases[r])
+                self._settle(releases[r], finals)
                 r += 1
             if rows[i] >= 0:
                 self._score(event, int(rows[i]))  # type: ignore[arg-type]
             while r < n and releases[r].event == i:
-                self._settle(releases[r])
+                self._settle(releases[r], finals)
                 r += 1
         for release in releases[r:]:
-            self._settle(release)
-        if self._finals:
-            finals, self._finals = self._finals, []
+            self._settle(release, finals)
+        if finals:
             self._emit_outcomes([release for release, _ in finals], {
                 name: np.array([scores[name] for _, scores in finals], np.float64)
                 for name in self.learners})
@@ -312,7 +311,9 @@ class OnlineEngine:
                 scores[name] = self.learners[name].queued_score(ticket.number)  # type: ignore[attr-defined]
                 self.learner_seconds[name] += clock() - start
 
-    def _settle(self, release: Release) -> None:
+    def _settle(self, release: Release, finals: list[tuple[Release, dict[str, float]]]
+                ) -> None:
+        """Learn and/or report one release; a final one joins ``finals`` for on_outcomes."""
         if release.kind == FINAL:
             x, scores, prepared = self._open.pop(release.row)
             self._resolve(scores)  # the outcome carries scores, not tickets
@@ -322,7 +323,7 @@ class OnlineEngine:
             for callback in self.on_outcome:
                 callback(outcome)
             if self.on_outcomes:
-                self._finals.append((release, scores))
+                finals.append((release, scores))
         else:
             x, _, prepared = self._open[release.row]
             self._learn(x, prepared, release)

@@ -34,6 +34,13 @@ pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
 
 
+def poll_until_assigned(consumer, listener) -> None:
+    deadline = time.monotonic() + 60
+    while not listener.assigned:
+        assert time.monotonic() < deadline, "no partition assigned in 60 s"
+        consumer.poll(200, 100)
+
+
 def produced_topic(bootstrap: str, n: int, partitions: int = 1) -> str:
     topic = f"ra-{uuid.uuid4().hex[:8]}"
     create_topics(bootstrap, [topic], partitions=partitions)
@@ -80,10 +87,7 @@ def test_seeking_outside_the_listener_is_refused(kafka_bootstrap):
     listener = SeekTo(consumer, {})
     consumer.subscribe([topic], listener)
     try:
-        deadline = time.monotonic() + 60
-        while not listener.assigned:
-            assert time.monotonic() < deadline
-            consumer.poll(200, 100)
+        poll_until_assigned(consumer, listener)
         with pytest.raises(RuntimeError, match="seeks only in its rebalance listener"):
             consumer.seek(tp, 0)
     finally:
@@ -268,11 +272,31 @@ def test_a_commit_inside_the_listener_is_refused_as_retriable_not_a_crash(kafka_
     listener = CommitsOnAssignment(consumer, {})
     consumer.subscribe([topic], listener)
     try:
-        deadline = time.monotonic() + 60
-        while not listener.assigned:
-            assert time.monotonic() < deadline
-            consumer.poll(200, 100)
+        poll_until_assigned(consumer, listener)
         assert len(refused) == 1 and refused[0].retriable
         consumer.commit({tp: 5})  # outside the listener it goes through
+    finally:
+        consumer.close(10)
+
+
+def test_position_before_any_record_returned_is_the_first_record_read_ahead(kafka_bootstrap):
+    """The child may have read on already; the position is where the caller's next record
+    comes from, not the child's."""
+    topic = produced_topic(kafka_bootstrap, 300)
+    tp = TopicPartition(topic, 0)
+    consumer = ReadAheadConsumer(KafkaClientConfig(kafka_bootstrap),
+                                 ConsumerSettings(group_id=f"g-{topic}", max_poll_records=200))
+    listener = SeekTo(consumer, {})
+    consumer.subscribe([topic], listener)
+    try:
+        poll_until_assigned(consumer, listener)
+        time.sleep(1.0)  # the child reads ahead meanwhile
+        assert consumer.position(tp) == 0
+        first = {}
+        deadline = time.monotonic() + 60
+        while tp not in first:
+            assert time.monotonic() < deadline
+            first = consumer.poll(200, 100)
+        assert first[tp][0].offset == 0
     finally:
         consumer.close(10)
