@@ -226,6 +226,7 @@ class ServiceSummary:
     records_total: int = 0  # records the state has taken in, over restarts
     restored: int | None = None  # id of the checkpoint restored at start
     checkpoint: CheckpointWritten | None = None  # the last one written
+    shutdown_seconds: float = 0.0  # final checkpoint, commit and closing the clients
 
 
 class _Record(msgspec.Struct, frozen=True, gc=False):  # gc=False: one per record, no cycles
@@ -373,19 +374,22 @@ class Service:
             raise
         finally:
             gc.set_threshold(*thresholds)
+        stopping = time.monotonic()
         self._shutdown(failed=False)
+        stopped = time.monotonic()
         return ServiceSummary(
             consumed=dict(self._consumed),
             rejected=dict(self._rejected),
             join={} if self.engine is None else self.engine.joiner.stats.as_dict(),
             stopped_by=self._stopped_by,
-            wall_seconds=time.monotonic() - started,
+            wall_seconds=stopped - started,
             seconds_to_first_record=(None if self._first_record_at is None
                                      else self._first_record_at - started),
             learner_seconds=dict(self._stage.learner_seconds),
             records_total=self._records,
             restored=None if self._restored is None else self._restored.checkpoint.id,
             checkpoint=self.last_checkpoint,
+            shutdown_seconds=stopped - stopping,
         )
 
     def _connect(self) -> bool:
