@@ -83,6 +83,7 @@ from pathlib import Path
 from typing import Any
 
 import msgspec
+import numpy as np
 
 from features.events import (
     MAX_EVENT_BYTES,
@@ -112,7 +113,7 @@ from pipeline.kafka_clients import (
     make_consumer,
     make_producer,
 )
-from pipeline.merge import EventTimeMerger
+from pipeline.merge import EventTimeMerger, Released
 from pipeline.read_ahead import ReadAheadConsumer
 from pipeline.samples import Sample, SampleTrainer, encode_sample
 from pipeline.telemetry import ServiceMetrics
@@ -229,13 +230,6 @@ class ServiceSummary:
     shutdown_seconds: float = 0.0  # final checkpoint, commit and closing the clients
 
 
-class _Record(msgspec.Struct, frozen=True, gc=False):  # gc=False: one per record, no cycles
-    event: Impression | Click | Sample | None  # None: rejected, only its offset moves on
-    partition: TopicPartition
-    offset: int
-    ts: int  # its place in the merge
-
-
 class _SeekToCheckpoint:
     """Checkpoint before partitions go; seek each assigned one to where the state ends.
 
@@ -316,7 +310,9 @@ class Service:
                 log.info("no checkpoint in %s: fresh state, every partition read from its "
                          "beginning", config.checkpoint_dir)
         self.last_checkpoint: CheckpointWritten | None = None  # the last one written
-        self._merger: EventTimeMerger[_Record] = EventTimeMerger()
+        # Records by event time; None: rejected (it passes through the merge at its
+        # predecessor's time, so only its offset moves on, after every earlier record's).
+        self._merger: EventTimeMerger[Impression | Click | Sample | None] = EventTimeMerger()
         self._dirty = False  # state changed since the last checkpoint (or the restore)
         self._consistent = True  # False while a batch is half-applied
         self._commit_due = False  # a checkpoint whose offsets are not committed yet
@@ -443,9 +439,9 @@ class Service:
                     self._backoff_s = 0.0
             if polled and self._first_record_at is None:
                 self._first_record_at = time.monotonic()
-            merger = self._merger  # after poll: a revocation in it may have replaced it
+            merger = self._merger
             for tp, messages in polled.items():
-                merger.add(tp, self._rank(tp), self._decode(tp, messages))
+                self._decode(tp, messages)
             if self._commit_due:
                 self._commit()
             self._throttle(consumer, merger)
@@ -454,13 +450,13 @@ class Service:
             assigned = consumer.assignment()
             self._update_readiness(consumer, assigned)
             caught_up = {tp for tp in assigned if self._caught_up(consumer, tp)}
-            released = list(merger.drain(caught_up, assigned, force=done))
+            released = merger.drain(caught_up, assigned, force=done)
             # Over a backlog the merge may release a great many records at once: they go to
             # the engine in batches of at most max_poll_records, with the stop flag and the
             # checkpoint clock looked at between two, so a stop waits for one batch only.
             # Released records not processed when stopping are simply read again.
             for start in range(0, len(released), cfg.max_poll_records):
-                self._process(released[start:start + cfg.max_poll_records])
+                self._process(released.slice(start, start + cfg.max_poll_records))
                 next_checkpoint = self._checkpoint_if_due(next_checkpoint)
                 if self._stop.is_set():
                     break
@@ -491,39 +487,59 @@ class Service:
     def _rank(self, tp: TopicPartition) -> int:
         return list(self._decoders).index(tp.topic)
 
-    def _decode(self, tp: TopicPartition, messages: list[Any]) -> list[tuple[int, _Record]]:
+    def _decode(self, tp: TopicPartition, messages: list[Any]) -> None:
+        """Decode one partition's polled records into the merge (rejected ones as None)."""
         decode = self._decoders[tp.topic]
         self._consumed[tp.topic] += len(messages)
         self.metrics.consumed.labels(tp.topic).inc(len(messages))
-        out = []
+        try:  # the common case, a batch without a bad record, in one pass
+            events: list[Any] = [decode(message.value) for message in messages]
+            times = [event.ts for event in events]
+        except InvalidEvent:
+            events, times = self._decode_rejecting(tp, messages, decode)
+        if times:
+            self._last_ts[tp] = times[-1]
+        self._merger.add(tp, self._rank(tp), times, events,
+                         [message.offset for message in messages])
+        if self._on_progress is not None:
+            self._on_progress(len(messages))
+
+    def _decode_rejecting(self, tp: TopicPartition, messages: list[Any],
+                          decode: Callable[[bytes | None], Any]) -> tuple[list[Any], list[int]]:
+        """:meth:`_decode` record by record: a bad one goes to the DLQ and is merged as None
+        at its predecessor's time."""
+        events: list[Any] = []
+        times: list[int] = []
         ts = self._last_ts.get(tp, 0)
         for message in messages:
             try:
                 event = decode(message.value)
             except InvalidEvent as exc:
                 self._reject(tp.topic, tp.partition, message.offset, str(exc), message.value)
-                # It still passes through the merge (at its predecessor's time), so its
-                # offset is committed only after every earlier record was processed.
-                out.append((ts, _Record(None, tp, message.offset, ts)))
-                continue
-            ts = event.ts
-            out.append((ts, _Record(event, tp, message.offset, ts)))
-        self._last_ts[tp] = ts
-        if self._on_progress is not None:
-            self._on_progress(len(messages))
-        return out
+                event = None
+            else:
+                ts = event.ts
+            events.append(event)
+            times.append(ts)
+        return events, times
 
-    def _process(self, records: list[_Record]) -> None:
+    def _process(self, released: Released[Impression | Click | Sample | None]) -> None:
         """Hand the released records to the engine as one batch; then they count as processed."""
-        if not records:
+        if not len(released):
             return
-        events = [r.event for r in records if r.event is not None]
+        events = released.items
+        if None in events:
+            events = [e for e in events if e is not None]
         self._consistent = False
         if events:
             sources = self._click_sources
-            for r in records:
-                if type(r.event) is Click:
-                    sources[id(r.event)] = (r.partition.partition, r.offset)
+            clicks_topic = self.config.topics.clicks
+            from_clicks = np.array([tp.topic == clicks_topic for tp in released.partitions])
+            for i in np.flatnonzero(from_clicks[released.sources]).tolist():
+                click = released.items[i]
+                if click is not None:
+                    sources[id(click)] = (released.partitions[released.sources[i]].partition,
+                                          int(released.offsets[i]))
             started = time.perf_counter()
             self._stage.process(events)  # type: ignore[arg-type]
             self.metrics.on_batch(time.perf_counter() - started)
@@ -531,12 +547,13 @@ class Service:
                 self._click_sources = {
                     id(click): sources[id(click)]
                     for click in self.engine.joiner.pending_clicks() if id(click) in sources}
-            newest = max(e.ts for e in events)
+            # A rejected record's time is its predecessor's: the newest is an event's.
+            newest = int(released.times.max())
             if self._newest_ts is None or newest > self._newest_ts:
                 self._newest_ts = newest
-        for record in records:
-            self._processed[record.partition] = record.offset + 1
-        self._records += len(records)
+        for tp, offset in released.last_offsets().items():
+            self._processed[tp] = offset + 1  # type: ignore[index]
+        self._records += len(released)
         self._dirty = True
         self._consistent = True
 
@@ -594,7 +611,7 @@ class Service:
         else:
             self.metrics.set_ready(True)
 
-    def _throttle(self, consumer: Consumer, merger: EventTimeMerger[_Record]) -> None:
+    def _throttle(self, consumer: Consumer, merger: EventTimeMerger[Any]) -> None:
         """Pause partitions far ahead of the others so the merge's buffers stay bounded."""
         limit = self.config.max_buffered_per_partition
         paused = consumer.paused()
@@ -772,15 +789,7 @@ class Service:
         # written (or deliberately not) just before.
         if not self._closing:
             self._checkpoint(f"{len(revoked)} partition(s) revoked", required=False)
-        if any(self._merger.buffered(tp) for tp in revoked):
-            # Rebuild the merge without them (order within each kept partition is kept).
-            kept: dict[TopicPartition, list[tuple[int, _Record]]] = {}
-            for record in self._merger.drain((), force=True):
-                if record.partition not in revoked:
-                    kept.setdefault(record.partition, []).append((record.ts, record))
-            self._merger = EventTimeMerger()
-            for tp, records in kept.items():
-                self._merger.add(tp, self._rank(tp), records)
+        self._merger.discard(revoked)
 
     def _on_assigned(self, assigned: set[TopicPartition]) -> None:
         """Rebalance listener: read each new partition from where the state ends."""
