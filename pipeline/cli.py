@@ -437,7 +437,7 @@ def _build() -> tuple[argparse.ArgumentParser, dict[str, Options]]:
     o.add(p, "--publish-samples", type=parse_bool, default=False,
           help="with --role all: also publish labelled samples to the samples topic")
     o.add(p, "--read-ahead", type=parse_bool, default=None,
-          help="poll Kafka in a child process, one batch ahead of processing (default: "
+          help="poll Kafka in a child process, a few batches ahead of processing (default: "
                "with kafka-python, whose parsing it overlaps with the engine; librdkafka "
                "fetches on its own threads already)")
     _add_topic_options(o, p)

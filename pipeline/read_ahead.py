@@ -22,8 +22,8 @@ because everything reaches it in the client's order:
 
 * ``poll`` returns the next polled batch (split if it holds more than ``max_records``),
   and ``assignment``, ``position``, ``highwater`` and ``connected`` are the state as of
-  the last batch returned — not of the child's newest poll, which may be one batch
-  ahead;
+  the last batch returned — not of the child's newest poll, which may be a few batches
+  ahead (a writer thread in the child sends them while the client polls on);
 * a rebalance runs the listener inside the parent's ``poll``, after every batch the
   client returned before it was processed, while the child waits inside its own
   listener: the listener's ``seek`` / ``commit`` / ``partition_count`` are answered from
@@ -48,10 +48,12 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import queue
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import traceback
 from collections import deque
@@ -82,6 +84,10 @@ log = logging.getLogger(__name__)
 # The child's poll timeout: how long a call waits at most while the child polls an idle
 # topic, and how often the parent hears the consumer's state when nothing arrives.
 _CHILD_POLL_MS = 50
+# Messages the child may have written ahead of the parent's reading: polls go on while
+# the parent processes earlier batches (one batch ahead was not enough when the two took
+# about as long per batch: the parent then waited for about a quarter of the run).
+_AHEAD_MESSAGES = 4
 _START_TIMEOUT_S = 60.0  # the child's interpreter start and the client's bootstrap
 _CALL_TIMEOUT_S = 120.0  # a call the child does not answer: it is stuck, not slow
 # Calls that wait for the broker: refused inside the client's listener (its IO thread).
@@ -215,7 +221,7 @@ def _exception(failure: _Failure) -> KafkaClientError:
 
 class ReadAheadConsumer:
     """:class:`~pipeline.kafka_clients.Consumer` over ``make_consumer(config, settings)``
-    run in a child process that polls one batch ahead (see the module doc).
+    run in a child process that polls a few batches ahead (see the module doc).
 
     Raises what ``make_consumer`` raises (:class:`~pipeline.kafka_clients.BrokerUnreachable`
     …) if the child cannot build the client.
@@ -493,15 +499,33 @@ class _Child:
         self.subscribed = False
         self.parent_gone = False
         self.in_listener = False
+        # Encoded messages in order, written by the writer thread (None: no more).
+        self.outbox: queue.Queue[bytes | None] = queue.Queue(_AHEAD_MESSAGES)
+        self.writer = threading.Thread(target=self.write, name="read-ahead-writer",
+                                       daemon=True)
+        self.writer.start()
 
     def send(self, message: msgspec.Struct) -> None:
+        """Queue ``message`` for the parent; blocks while _AHEAD_MESSAGES are not written."""
         if self.parent_gone:
             raise _ParentGone
-        try:
-            self.conn.send_bytes(_encode(message))
-        except OSError as exc:
-            self.parent_gone = True
-            raise _ParentGone from exc
+        self.outbox.put(_encode(message))
+
+    def write(self) -> None:
+        """The writer thread: the outbox to the socket, until the end or the parent is gone
+        (then it only empties the outbox, so that ``send`` never blocks for good)."""
+        while (data := self.outbox.get()) is not None:
+            if self.parent_gone:
+                continue
+            try:
+                self.conn.send_bytes(data)
+            except OSError:
+                self.parent_gone = True
+
+    def flush(self) -> None:
+        """Wait until every queued message is written (or the parent is found gone)."""
+        self.outbox.put(None)
+        self.writer.join()
 
     def receive(self) -> _ToChild:
         return _decode_to_child(self.receive_bytes())
@@ -514,6 +538,12 @@ class _Child:
             raise _ParentGone from exc
 
     def run(self) -> None:
+        try:
+            self._run()
+        finally:
+            self.flush()  # a daemon thread's queue would be dropped at exit
+
+    def _run(self) -> None:
         try:
             start = msgspec.msgpack.decode(self.receive_bytes(), type=_Start)
         except _ParentGone:

@@ -1,6 +1,6 @@
 """``streamctr serve``: the long-running consumer service.
 
-One loop, one thread: poll ``impressions`` and ``clicks`` (kafka-python reads one batch
+One loop, one thread: poll ``impressions`` and ``clicks`` (kafka-python reads a few batches
 ahead in a child process, :mod:`pipeline.read_ahead`) → decode and validate
 (bad records to the DLQ with topic, partition, offset and reason) → event-time
 merge of the partitions → :class:`~replay.engine.OnlineEngine` (the same joiner
@@ -152,7 +152,7 @@ class ServiceConfig:
     learners: tuple[str, ...] = ("ftrl",)  # none in the join role
     role: str = "all"  # "all", "join" or "train" (see the module doc)
     kafka_client: str = "kafka-python"  # or "confluent" (pipeline.kafka_clients)
-    # The client polls in a child process, one batch ahead (pipeline.read_ahead), so
+    # The client polls in a child process, batches ahead (pipeline.read_ahead), so
     # reading overlaps processing; False: on the service's own thread. None: with
     # kafka-python only, which parses fetches in Python (librdkafka fetches on its own
     # threads already; the bench showed no consistent gain there).
