@@ -88,6 +88,7 @@ _CHILD_POLL_MS = 50
 # the parent processes earlier batches (one batch ahead was not enough when the two took
 # about as long per batch: the parent then waited for about a quarter of the run).
 _AHEAD_MESSAGES = 4
+_ORPHAN_CLOSE_S = 5.0  # the client's close when the parent is gone
 _START_TIMEOUT_S = 60.0  # the child's interpreter start and the client's bootstrap
 _CALL_TIMEOUT_S = 120.0  # a call the child does not answer: it is stuck, not slow
 # Calls that wait for the broker: refused inside the client's listener (its IO thread).
@@ -581,7 +582,11 @@ class _Child:
             pass
         if self.parent_gone:  # SIGKILL, most likely: leave the group, so it moves on now
             log.warning("the service process is gone: leaving the group")
-            self.consumer.close(2.0)
+            # Bounded whatever the client does: kafka-python's close once took 30 s here
+            # (a LeaveGroup unanswered under load). Past it the group expires the member.
+            closing = threading.Thread(target=self.consumer.close, args=(2.0,), daemon=True)
+            closing.start()
+            closing.join(_ORPHAN_CLOSE_S)
             return
         self.consumer.close(self.close_timeout_s)
         self.send(_Closed())
