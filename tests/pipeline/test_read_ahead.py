@@ -26,7 +26,7 @@ from pipeline.kafka_clients import (
     TopicPartition,
     make_producer,
 )
-from pipeline.read_ahead import ReadAheadConsumer
+from pipeline.read_ahead import ReadAheadConsumer, _Call
 from tests.pipeline.test_kafka_clients import SeekTo
 
 pytestmark = pytest.mark.integration
@@ -77,6 +77,37 @@ def test_a_poll_returns_at_most_max_records_and_the_rest_follows_in_order(kafka_
         consumer.close(10)
 
 
+def test_the_child_reads_several_batches_ahead_while_the_service_is_busy(kafka_bootstrap):
+    """Batches of ~1 MB, more than a socket buffer holds: the child's writer thread keeps
+    a few queued, so its client polls on while the parent does not read."""
+    topic = f"ra-{uuid.uuid4().hex[:8]}"
+    create_topics(kafka_bootstrap, [topic], partitions=1)
+    producer = make_producer(KafkaClientConfig(kafka_bootstrap))
+    for i in range(1_000):
+        producer.send(topic, bytes([i % 256]) * 10_000)
+    producer.flush(30)
+    producer.close(10)
+    tp = TopicPartition(topic, 0)
+    consumer = ReadAheadConsumer(KafkaClientConfig(kafka_bootstrap),
+                                 ConsumerSettings(group_id=f"g-{topic}", max_poll_records=100))
+    listener = SeekTo(consumer, {})
+    consumer.subscribe([topic], listener)
+    try:
+        poll_until_assigned(consumer, listener)
+        returned = 0
+        deadline = time.monotonic() + 60
+        while not returned:
+            assert time.monotonic() < deadline, "no record in 60 s"
+            returned = len(consumer.poll(200, 100).get(tp, []))
+        time.sleep(3)  # the service busy with the batch
+        # The child's own position, not the one the parent answers (as of what it returned).
+        child_position = consumer._call(_Call("position", [(tp.topic, tp.partition)]))
+        assert child_position - returned >= 300, (child_position, returned)
+        assert consumer.position(tp) == returned
+    finally:
+        consumer.close(10)
+
+
 def test_seeking_outside_the_listener_is_refused(kafka_bootstrap):
     """Records after the old position may be on their way already: such a seek would
     silently deliver them anyway, so it raises instead."""
@@ -117,7 +148,7 @@ def test_a_service_killed_by_sigkill_takes_its_read_ahead_process_out_of_the_gro
     parent = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
         import time
         from pipeline.kafka_clients import ConsumerSettings, KafkaClientConfig
-        from pipeline.read_ahead import ReadAheadConsumer
+        from pipeline.read_ahead import ReadAheadConsumer, _Call
         c = ReadAheadConsumer(KafkaClientConfig({kafka_bootstrap!r}),
                               ConsumerSettings(group_id={group!r}, session_timeout_ms=30_000))
         assigned = []
