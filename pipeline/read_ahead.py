@@ -87,6 +87,7 @@ _CHILD_POLL_MS = 50
 # Messages the child may have written ahead of the parent's reading: polls go on while
 # the parent processes earlier batches (one batch ahead was not enough when the two took
 # about as long per batch: the parent then waited for about a quarter of the run).
+# Memory: up to this many polls of max_poll_records (~1 MB each for 5,000 events).
 _AHEAD_MESSAGES = 4
 _ORPHAN_CLOSE_S = 5.0  # the client's close when the parent is gone
 _START_TIMEOUT_S = 60.0  # the child's interpreter start and the client's bootstrap
