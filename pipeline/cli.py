@@ -436,10 +436,9 @@ def _build() -> tuple[argparse.ArgumentParser, dict[str, Options]]:
                "timeout keeps its partitions, without a rebalance")
     o.add(p, "--publish-samples", type=parse_bool, default=False,
           help="with --role all: also publish labelled samples to the samples topic")
-    o.add(p, "--read-ahead", type=parse_bool, default=None,
-          help="poll Kafka in a child process, a few batches ahead of processing (default: "
-               "with kafka-python, whose parsing it overlaps with the engine; librdkafka "
-               "fetches on its own threads already)")
+    o.add(p, "--read-ahead", type=parse_bool, default=True,
+          help="poll Kafka in a child process, a few batches ahead of processing, so "
+               "reading overlaps the engine (false: on the service's thread)")
     _add_topic_options(o, p)
     _add_kafka_options(o, p)
 

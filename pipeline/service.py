@@ -1,6 +1,6 @@
 """``streamctr serve``: the long-running consumer service.
 
-One loop, one thread: poll ``impressions`` and ``clicks`` (kafka-python reads a few batches
+One loop, one thread: poll ``impressions`` and ``clicks`` (the client reads a few batches
 ahead in a child process, :mod:`pipeline.read_ahead`) → decode and validate
 (bad records to the DLQ with topic, partition, offset and reason) → event-time
 merge of the partitions → :class:`~replay.engine.OnlineEngine` (the same joiner
@@ -153,10 +153,9 @@ class ServiceConfig:
     role: str = "all"  # "all", "join" or "train" (see the module doc)
     kafka_client: str = "kafka-python"  # or "confluent" (pipeline.kafka_clients)
     # The client polls in a child process, batches ahead (pipeline.read_ahead), so
-    # reading overlaps processing; False: on the service's own thread. None: with
-    # kafka-python only, which parses fetches in Python (librdkafka fetches on its own
-    # threads already; the bench showed no consistent gain there).
-    read_ahead: bool | None = None
+    # reading overlaps processing; False: on the service's own thread. Faster with both
+    # libraries in bench/service.py (with confluent since the child queues several batches).
+    read_ahead: bool = True
     security: KafkaSecurity = field(default_factory=KafkaSecurity)
     # Hyper-parameters by learner name (the config file's [learner.<name>] tables).
     learner_params: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
@@ -202,10 +201,6 @@ class ServiceConfig:
         if self.checkpoint_keep < 1:
             raise ValueError(f"checkpoint_keep must be >= 1, got {self.checkpoint_keep}")
         self.kafka  # noqa: B018 (validates the client library and bootstrap)
-
-    @property
-    def reads_ahead(self) -> bool:
-        return self.kafka_client == "kafka-python" if self.read_ahead is None else self.read_ahead
 
     @property
     def kafka(self) -> KafkaClientConfig:
@@ -397,7 +392,7 @@ class Service:
             try:
                 if self._producer is None:
                     self._producer = make_producer(cfg.kafka)
-                consumer = ReadAheadConsumer if cfg.reads_ahead else make_consumer
+                consumer = ReadAheadConsumer if cfg.read_ahead else make_consumer
                 self._consumer = consumer(cfg.kafka, ConsumerSettings(
                     group_id=cfg.group_id, max_poll_records=cfg.max_poll_records,
                     session_timeout_ms=cfg.session_timeout_ms,

@@ -270,15 +270,13 @@ def test_a_rebalance_runs_the_listener_between_batches_and_its_seeks_take_effect
                 consumer.close(10)
 
 
-def test_the_service_reads_ahead_by_default_with_kafka_python_only():
-    """librdkafka fetches on its own threads already: the bench showed no consistent gain
-    from the extra process there (docs/BENCHMARKS.md, service section)."""
+def test_the_service_reads_ahead_by_default_with_either_client():
+    """Faster with both in bench/service.py (docs/BENCHMARKS.md, service section)."""
     from pipeline.service import ServiceConfig
 
-    assert ServiceConfig("h:1").reads_ahead
-    assert not ServiceConfig("h:1", kafka_client="confluent").reads_ahead
-    assert ServiceConfig("h:1", kafka_client="confluent", read_ahead=True).reads_ahead
-    assert not ServiceConfig("h:1", read_ahead=False).reads_ahead
+    assert ServiceConfig("h:1").read_ahead
+    assert ServiceConfig("h:1", kafka_client="confluent").read_ahead
+    assert not ServiceConfig("h:1", read_ahead=False).read_ahead
 
 
 def test_a_commit_inside_the_listener_is_refused_as_retriable_not_a_crash(kafka_bootstrap):
