@@ -21,8 +21,8 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 
 __all__ = ["HashedRows", "Learner", "LearnerError", "PreparedInput", "QueuedScoring",
-           "batch_labels",
-           "check_float", "check_int", "check_state", "good_weight", "learn_each"]
+           "batch_labels", "check_float", "check_int", "check_state", "close_learner",
+           "good_weight", "learn_each"]
 
 
 class LearnerError(ValueError):
@@ -252,3 +252,11 @@ def batch_labels(y: Sequence[int] | np.ndarray, w: Sequence[float] | np.ndarray 
         k = int(np.argmin(good))
         raise LearnerError(f"sample {k}: sample weight must be finite and >= 0, got {ws[k]!r}")
     return ys.astype(np.int8), ws.astype(np.float64)
+
+
+def close_learner(learner: object) -> None:
+    """Release what a learner holds besides its state — processes, such as DIN's
+    data-parallel gradient workers — if it has a ``close()``; the state stays usable."""
+    close = getattr(learner, "close", None)
+    if callable(close):
+        close()

@@ -64,6 +64,7 @@ How it runs
 from __future__ import annotations
 
 import contextlib
+import itertools
 import math
 import numbers
 import time
@@ -86,6 +87,7 @@ from learners.base import (
     learn_each,
 )
 from learners.din_modules import DINBatch, DINNetwork, position_buckets, time_gap_buckets
+from learners.din_parallel import StepGroup, read_rows, shard_loss
 from learners.ftrl import FTRLProximal
 from learners.idtable import IDTable
 
@@ -204,6 +206,15 @@ class DIN:
         call); None leaves torch's setting. On the 2-vCPU machines we measure on, one
         thread ran the network 5-15× faster than two (OpenMP barriers on shared vCPUs);
         raise it on hosts with real cores to spare.
+    data_parallel
+        Processes each optimiser step is split over (torch.distributed,
+        :mod:`learners.din_parallel`): on CUDA one GPU each, from the learner's device
+        on (``cuda:0``, ``cuda:1`` … with NCCL), on CPU as many CPU processes (Gloo). The
+        state stays in this process; 1 (the default) computes the step here. Not a
+        hyper-parameter of the model: a state restores into any number of processes, and
+        steps are the same up to float32 rounding, except that Dice's training statistics
+        are then each process's share of the batch. Call :meth:`close` to stop the workers
+        (they are stopped when the learner is collected, at the latest).
     seed
         Network initialisation, re-initialised rows and position dropout.
 
@@ -245,6 +256,7 @@ class DIN:
         serve_position: bool = False,
         device: str = "auto",
         cpu_threads: int | None = 1,
+        data_parallel: int = 1,
         seed: int = 0,
     ) -> None:
         self.embedding_dim = check_int("embedding_dim", embedding_dim, 1)
@@ -299,7 +311,17 @@ class DIN:
         self.device = device
         self.cpu_threads = None if cpu_threads is None else check_int("cpu_threads",
                                                                       cpu_threads, 1)
+        self.data_parallel = check_int("data_parallel", data_parallel, 1)
+        if self.data_parallel > self.batch_size:
+            raise LearnerError(f"data_parallel ({data_parallel}) must not exceed batch_size "
+                               f"({batch_size}): every process takes a part of each batch")
+        if self._device.type == "cuda" and self.data_parallel > torch.cuda.device_count():
+            raise LearnerError(f"data_parallel={data_parallel} on CUDA needs as many GPUs; "
+                               f"{torch.cuda.device_count()} visible")
         self.seed = check_int("seed", seed, 0)
+        # The gradient workers of data-parallel steps: not learned state (started at the
+        # first step, kept across load_state_dict, restarted if the network changes shape).
+        self._step_group: StepGroup | None = None
         self._reset()
 
     @staticmethod
@@ -335,11 +357,7 @@ class DIN:
         self._context, self._dense = context, dense
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.seed)
-            net = DINNetwork(
-                self.capacity + 1, self.embedding_dim, len(context), len(dense),
-                self.attention_hidden, self.mlp_hidden, self.lifelong_heads, self.n_gap_buckets,
-                self.n_position_buckets, activation=self.activation, use_lifelong=self.use_lifelong,
-                attention_activation=self.attention_activation)
+            net = DINNetwork(self.capacity + 1, **self._network_args())
         net.embedding.sparse = True  # sparse gradients: a step touches only the batch's rows
         if self.wide:
             # The deep part starts as exactly nothing on top of the wide part's logit.
@@ -354,6 +372,18 @@ class DIN:
         self._opt_dense = torch.optim.Adam(rest, lr=self.lr)
         self._buffer = self._new_samples(self.batch_size)
         self._queue = self._new_samples(64)
+
+    def _network_args(self) -> dict[str, Any]:
+        """:class:`DINNetwork`'s arguments but ``n_rows``, JSON-serialisable (for the
+        data-parallel workers too)."""
+        assert self._context is not None and self._dense is not None
+        return {"embedding_dim": self.embedding_dim, "n_context": len(self._context),
+                "n_dense": len(self._dense), "attention_hidden": list(self.attention_hidden),
+                "mlp_hidden": list(self.mlp_hidden), "lifelong_heads": self.lifelong_heads,
+                "n_gap_buckets": self.n_gap_buckets,
+                "n_position_buckets": self.n_position_buckets, "activation": self.activation,
+                "use_lifelong": self.use_lifelong,
+                "attention_activation": self.attention_activation}
 
     def _new_samples(self, size: int) -> _Samples:
         assert self._context is not None and self._dense is not None
@@ -421,9 +451,10 @@ class DIN:
         return rows
 
     def _batch(self, s: _Samples, rows: np.ndarray, positions: np.ndarray,
-               training: bool) -> DINBatch:
-        """The tensors of the first ``s.n`` samples; for ``training``, with the host-built
-        index (a prediction reads its scores back from the device anyway).
+               training: bool, on_device: bool = True) -> DINBatch:
+        """The tensors of the first ``s.n`` samples (on the learner's device, or the host);
+        for ``training``, with the host-built index (a prediction reads its scores back
+        from the device anyway).
 
         Sequences keep their full padded length whatever the batch holds, so a sample's
         score never depends on which others share its batch (the recent attention skips
@@ -449,7 +480,7 @@ class DIN:
                             for k, v in tensors.items()})
         if training:
             batch = batch.with_host_index(self.use_lifelong)
-        if self._device.type == "cuda":
+        if on_device and self._device.type == "cuda":
             return batch.pin_memory().to(self._device, non_blocking=True)
         return batch
 
@@ -659,41 +690,85 @@ class DIN:
             assigned = np.zeros(self.capacity + 1, bool)
             assigned[fresh] = True
             rows[assigned[rows]] = 0
-        buckets = position_buckets(torch.from_numpy(buffer.position[:buffer.n]),
-                                   self.n_position_buckets)
-        batch = self._batch(buffer, rows, buckets.numpy(), training=True)
-        y = torch.from_numpy(buffer.y[:buffer.n]).to(self._device, non_blocking=True)
-        w = torch.from_numpy(buffer.w[:buffer.n]).to(self._device, non_blocking=True)
+        n = buffer.n
+        buckets = position_buckets(torch.from_numpy(buffer.position[:n]),
+                                   self.n_position_buckets).numpy()
         if self.n_steps == 0 and not self.wide:
             # The output bias starts at the first batch's log-odds: a single pass has no
             # steps to spare walking it from 0 (p = 0.5) to a CTR of a few percent.
-            rate = float(np.clip(np.average(buffer.y[:buffer.n], weights=buffer.w[:buffer.n])
-                                 if buffer.w[:buffer.n].sum() > 0 else 0.5, 1e-3, 1 - 1e-3))
+            rate = float(np.clip(np.average(buffer.y[:n], weights=buffer.w[:n])
+                                 if buffer.w[:n].sum() > 0 else 0.5, 1e-3, 1 - 1e-3))
             with torch.no_grad():
                 net.output_mlp.head.bias.fill_(math.log(rate / (1.0 - rate)))
-        net.train()
         assert self._opt_embedding is not None and self._opt_dense is not None
         self._opt_embedding.zero_grad(set_to_none=True)
         self._opt_dense.zero_grad(set_to_none=True)
-        with self._autocast():
-            logits = net(batch, train_position=True).float()
-        if self._wide is not None:
-            logits = logits + torch.from_numpy(buffer.wide[:buffer.n]).float().to(
-                self._device, non_blocking=True)
-        if buffer.fnw[:buffer.n].any():
-            fnw = torch.from_numpy(buffer.fnw[:buffer.n].copy()).to(self._device)
-            p = torch.sigmoid(logits.detach())
-            w = torch.where(fnw, torch.where(y > 0.5, 1.0 + p, (1.0 - p) * (1.0 + p)), w)
-        loss = (nn.functional.binary_cross_entropy_with_logits(
-            logits, y, reduction="none") * w).mean()
-        if self.l2 > 0.0:
-            loss = loss + self.l2 * net.minibatch_l2(batch)
-        loss.backward()
+        if self.data_parallel == 1:
+            self._gradients_here(net, buffer, rows, buckets)
+        else:
+            self._gradients_in_parallel(net, buffer, rows, buckets)
         self._opt_embedding.step()
         self._opt_dense.step()
         self.n_steps += 1
         buffer.n = 0
         self._step_seconds += time.perf_counter() - started
+
+    def _gradients_here(self, net: DINNetwork, buffer: _Samples, rows: np.ndarray,
+                        buckets: np.ndarray) -> None:
+        """The step's gradients, computed in this process."""
+        n = buffer.n
+        batch = self._batch(buffer, rows, buckets, training=True)
+        y, w, wide = (torch.from_numpy(a).to(self._device, non_blocking=True)
+                      for a in (buffer.y[:n], buffer.w[:n], buffer.wide[:n]))
+        fnw = (torch.from_numpy(buffer.fnw[:n].copy()).to(self._device)
+               if buffer.fnw[:n].any() else None)
+        net.train()
+        loss = shard_loss(net, batch, y, w, wide, fnw, n, self._autocast())
+        if self.l2 > 0.0:
+            loss = loss + self.l2 * net.minibatch_l2(batch)
+        loss.backward()
+
+    def _gradients_in_parallel(self, net: DINNetwork, buffer: _Samples, rows: np.ndarray,
+                               buckets: np.ndarray) -> None:
+        """The step's gradients, its batch split over ``data_parallel`` processes."""
+        assert self._context is not None
+        n = buffer.n
+        touched, local = read_rows(rows[:n], buffer.recent_n[:n], 3 + len(self._context),
+                                   self.recent_length, self.use_lifelong)
+        whole = self._batch(buffer, local, buckets, training=True, on_device=False)
+        bounds = [n * k // self.data_parallel for k in range(self.data_parallel + 1)]
+        parts = list(itertools.pairwise(bounds))
+        shards = [whole.samples(a, b).with_host_index(self.use_lifelong) for a, b in parts]
+        labels = [(buffer.y[a:b], buffer.w[a:b], buffer.wide[a:b], buffer.fnw[a:b])
+                  for a, b in parts]
+        self._workers().step(net, touched, shards, labels, n, self._autocast(), self.l2, whole)
+
+    def _workers(self) -> StepGroup:
+        """The gradient workers for this network, started on first use."""
+        network = self._network_args()
+        group = self._step_group
+        if group is not None and group.network != network:
+            group.close()  # the network changed shape (a state of other fields restored)
+            group = None
+        if group is None:
+            assert self._context is not None
+            if self._device.type == "cuda":
+                first, count = self._device.index or 0, torch.cuda.device_count()
+                devices = [torch.device("cuda", (first + k) % count)
+                           for k in range(self.data_parallel)]
+            else:
+                devices = [self._device] * self.data_parallel
+            group = self._step_group = StepGroup(
+                devices, network, min(self.capacity + 1, self.batch_size * self._width),
+                self.recent_length, self.lifelong_top_k, self.cpu_threads)
+        return group
+
+    def close(self) -> None:
+        """Stop the data-parallel gradient workers, if any (a later step starts them
+        again); the learned state is untouched."""
+        if self._step_group is not None:
+            self._step_group.close()
+            self._step_group = None
 
     def _reinitialise(self, rows: torch.Tensor) -> None:
         """Fresh embeddings and cleared optimiser moments for rows handed to new IDs."""

@@ -48,7 +48,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, fields, replace
+from dataclasses import MISSING, dataclass, fields, replace
 from typing import Literal
 
 import torch
@@ -194,6 +194,12 @@ class DINBatch:
         rows, counts = _distinct_rows(self, lifelong)
         return replace(self, recent_owner=owner, recent_slot=slot, l2_rows=rows,
                        l2_counts=counts)
+
+    def samples(self, start: int, stop: int) -> DINBatch:
+        """Impressions ``start:stop`` of the batch, without the index (it numbers the whole
+        batch's behaviours; :meth:`with_host_index` makes the part's own)."""
+        return DINBatch(**{field.name: getattr(self, field.name)[start:stop]
+                           for field in fields(self) if field.default is MISSING})
 
     def to(self, device: torch.device | str, non_blocking: bool = True) -> DINBatch:
         """The same batch on ``device`` (asynchronous from pinned memory by default)."""

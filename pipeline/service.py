@@ -96,6 +96,7 @@ from features.events import (
 from features.featurize import impression_features
 from features.joiner import JoinerConfig, JoinStats
 from learners import Learner, make_learner
+from learners.base import close_learner
 from pipeline.checkpoint import CheckpointError, CheckpointStore, CheckpointWritten, Restored
 from pipeline.kafka_clients import (
     BrokerUnreachable,
@@ -841,6 +842,8 @@ class Service:
                 if self._producer is not None:
                     self._producer.close(cfg.close_timeout_s)
             finally:
+                for learner in self.learners.values():
+                    close_learner(learner)
                 self.metrics.close()
                 if self._store is not None:
                     self._store.unlock()

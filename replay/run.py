@@ -19,6 +19,7 @@ import polars as pl
 from features.events import Click, encode_event
 from features.joiner import JoinerConfig
 from learners import Learner, make_learner
+from learners.base import close_learner
 from replay.audit import LeakAudit
 from replay.breakdown import auto_bucket_ms, label_delays, over_time, reliability
 from replay.engine import OnlineEngine
@@ -100,14 +101,19 @@ def run_replay(
         engine.joiner.presize(users, items, pairs, BATCH)
 
     started = time.perf_counter()
-    with progress("replay", inp.n_events, enabled=show_progress) as ticker:
-        events_iter = iter_events(inp)
-        while batch := list(islice(events_iter, BATCH)):
+    try:
+        with progress("replay", inp.n_events, enabled=show_progress) as ticker:
+            events_iter = iter_events(inp)
+            while batch := list(islice(events_iter, BATCH)):
+                for engine in engines.values():
+                    engine.process(batch)
+                ticker.tick(len(batch))
             for engine in engines.values():
-                engine.process(batch)
-            ticker.tick(len(batch))
+                engine.finish()
+    finally:
         for engine in engines.values():
-            engine.finish()
+            for learner in engine.learners.values():
+                close_learner(learner)
     wall = time.perf_counter() - started
 
     first = next(iter(engines))
