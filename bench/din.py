@@ -298,8 +298,11 @@ def markdown(rates: dict[str, float], scores: dict[str, dict[str, dict[str, floa
         f"sightings, rows expiring: **{lookups['learning'] / 1e6:.1f}M ids/s** learning, "
         f"{lookups['prediction'] / 1e6:.1f}M ids/s predicting (target ≥ 1M).",
         "",
-        "No GPU on this machine: the CUDA path (bf16 autocast, pinned asynchronous copies) is "
-        "measured only where one is lent.",
+        "No GPU on this machine: the CUDA path (bf16 autocast, pinned asynchronous copies) and "
+        "steps split across GPUs (`data_parallel`, NCCL) are measured only where one is lent. "
+        "On CPU, split steps (Gloo) are tested for equality with one process "
+        "(`tests/learners/test_din_parallel.py`), not timed: on two vCPUs the extra processes "
+        "share the same cores.",
         "",
         "Streaming quality, one leak-free chronological pass (`wait` mode, first window "
         "left out), every learner on the same samples; DeepCTR-Torch's DIN behind the same "
