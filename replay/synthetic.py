@@ -42,7 +42,9 @@ All symbols are fields of :class:`SyntheticConfig`; ``C`` = ``n_categories``.
   A noisy ranker orders the slots of a request by ``ranker_skill * l + Normal(0, 1)``
   (descending) into positions ``0..list_length-1``, and the true click probability
   is ``p = (1 + position) ** -position_decay * sigmoid(l)``; the click is
-  ``Bernoulli(p)``. This ``p`` is ``truth.p_click``.
+  ``Bernoulli(p)``. This ``p`` is ``truth.p_click``, and ``sigmoid(l)``, the click
+  probability of the slot if it were shown first, ``truth.relevance`` (the ground truth
+  of rankers compared by interleaving, :mod:`replay.simulation`).
 * **Click delay.** Lognormal with median ``click_delay_median_ms`` and log-sd
   ``click_delay_sigma``; with probability ``late_click_fraction`` instead
   ``late_click_min_ms`` plus an exponential with mean ``late_click_mean_extra_ms``
@@ -61,7 +63,7 @@ which sit where ``ts + Uniform(1 s, max_delivery_lag_ms)`` would put them.
 >>> stream.impressions.columns
 ['impression_id', 'request_id', 'user_id', 'item_id', 'category_id', 'position', 'ts', 'context']
 >>> stream.clicks.columns, stream.truth.columns
-(['impression_id', 'user_id', 'ts'], ['impression_id', 'p_click', 'clicked'])
+(['impression_id', 'user_id', 'ts'], ['impression_id', 'p_click', 'clicked', 'relevance'])
 >>> 3_000 - 40 < stream.n_events <= 3_000
 True
 >>> stream.truth.height == stream.impressions["impression_id"].n_unique()
@@ -210,7 +212,8 @@ class SyntheticStream:
 
     ``impressions`` and ``clicks`` are in delivery (file) order, with copies,
     late-delivered rows and orphan clicks; ``truth`` has one row per distinct
-    impression (``impression_id``, true ``p_click``, ``clicked``) in event-time order.
+    impression (``impression_id``, true ``p_click``, ``clicked``, ``relevance``) in
+    event-time order.
     """
 
     impressions: pl.DataFrame
@@ -412,7 +415,8 @@ def generate(n_events: int, seed: int = 0, config: SyntheticConfig | None = None
     items = np.take_along_axis(items, ranked, axis=1).ravel()
     logit = np.take_along_axis(logit, ranked, axis=1).ravel()
     position = np.tile(np.arange(length, dtype=np.int64), n_req)
-    p_click = (1.0 + position) ** -cfg.position_decay * _sigmoid(logit)
+    relevance = _sigmoid(logit)
+    p_click = (1.0 + position) ** -cfg.position_decay * relevance
 
     # Clicks, their delays and the copies, decided for every slot before truncation.
     clicked = rng_click.random(n_slots) < p_click
@@ -431,7 +435,7 @@ def generate(n_events: int, seed: int = 0, config: SyntheticConfig | None = None
     keep_req = max(1, int(np.searchsorted(np.cumsum(per_req), n_events - n_orphans, "right")))
     n = keep_req * length
     ts_imp = np.repeat(ts_req[:keep_req], length)
-    items, position, p_click = items[:n], position[:n], p_click[:n]
+    items, position, p_click, relevance = items[:n], position[:n], p_click[:n], relevance[:n]
     clicked, dup_imp, dup_click, delay = clicked[:n], dup_imp[:n], dup_click[:n], delay[:n]
     req_s = np.repeat(np.arange(keep_req), length)
     user_s = user_s[:n]
@@ -473,7 +477,8 @@ def generate(n_events: int, seed: int = 0, config: SyntheticConfig | None = None
         "ts": c_ts[order],
     })
 
-    truth = pl.DataFrame({"impression_id": slot_ids, "p_click": p_click, "clicked": clicked})
+    truth = pl.DataFrame({"impression_id": slot_ids, "p_click": p_click, "clicked": clicked,
+                          "relevance": relevance})
     return SyntheticStream(impressions, clicks, truth)
 
 

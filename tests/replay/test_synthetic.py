@@ -21,7 +21,8 @@ IMPRESSION_SCHEMA = {
     "context": pl.Struct({"device": pl.String, "page": pl.String}),
 }
 CLICK_SCHEMA = {"impression_id": pl.String, "user_id": pl.String, "ts": pl.Int64}
-TRUTH_SCHEMA = {"impression_id": pl.String, "p_click": pl.Float64, "clicked": pl.Boolean}
+TRUTH_SCHEMA = {"impression_id": pl.String, "p_click": pl.Float64, "clicked": pl.Boolean,
+                "relevance": pl.Float64}
 
 
 @pytest.fixture(scope="module")
