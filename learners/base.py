@@ -167,34 +167,47 @@ def check_float(name: str, value: Any, low: float, strict: bool) -> float:
 
 
 def check_state(d: Any, fmt: str, version: int, required: Sequence[str] = (),
-                hyper: Mapping[str, Any] | None = None) -> None:
-    """Refuse (with :class:`LearnerError`) a state dict that is not a mapping, lacks a
-    required key, is of another format or version, or was learned with other
-    hyper-parameters than ``hyper`` (arrays compared by value).
+                hyper: Mapping[str, Any] | None = None,
+                error: type[ValueError] = LearnerError) -> None:
+    """Refuse (with ``error``, :class:`LearnerError` by default) a state dict that is not a
+    mapping, lacks a required key, is of another format or version, or was learned with
+    other hyper-parameters than ``hyper`` (arrays compared by value, NaN equal to NaN in
+    float arrays).
 
     >>> check_state({"format": "f", "version": 2, "alpha": 0.1}, "f", 2, hyper={"alpha": 0.2})
     Traceback (most recent call last):
     ...
-    learners.base.LearnerError: state dict was learned with alpha=0.1, this learner has alpha=0.2
+    learners.base.LearnerError: state dict was learned with alpha=0.1, this one has alpha=0.2
     """
     if not isinstance(d, Mapping):
-        raise LearnerError(f"state dict must be a mapping, got {type(d).__name__}")
+        raise error(f"state dict must be a mapping, got {type(d).__name__}")
     hyper = hyper or {}
     missing = [k for k in ("format", "version", *hyper, *required) if k not in d]
     if missing:
-        raise LearnerError(f"state dict lacks {', '.join(missing)}")
+        raise error(f"state dict lacks {', '.join(missing)}")
     if d["format"] != fmt:
-        raise LearnerError(f"state dict format is {d['format']!r}, expected {fmt!r}")
+        raise error(f"state dict format is {d['format']!r}, expected {fmt!r}")
     if d["version"] != version:
-        raise LearnerError(f"state dict version {d['version']!r} is not supported "
-                           f"(expected {version})")
+        raise error(f"state dict version {d['version']!r} is not supported "
+                    f"(expected {version})")
     for name, mine in hyper.items():
         theirs = d[name]
-        same = (np.array_equal(np.asarray(theirs), mine) if isinstance(mine, np.ndarray)
-                else theirs == mine)
-        if not same:
-            raise LearnerError(f"state dict was learned with {name}={theirs!r}, "
-                               f"this learner has {name}={mine!r}")
+        if not _same_value(theirs, mine):
+            raise error(f"state dict was learned with {name}={_plain(theirs)!r}, "
+                        f"this one has {name}={_plain(mine)!r}")
+
+
+def _plain(value: Any) -> Any:
+    return value.tolist() if isinstance(value, np.ndarray) else value
+
+
+def _same_value(theirs: Any, mine: Any) -> bool:
+    if not isinstance(mine, np.ndarray):
+        return bool(theirs == mine)
+    try:
+        return bool(np.array_equal(np.asarray(theirs), mine, equal_nan=mine.dtype.kind == "f"))
+    except (TypeError, ValueError):  # not comparable with an array of numbers
+        return False
 
 
 def learn_each(learner: Learner, batch: Sequence[dict[str, float]],

@@ -481,7 +481,7 @@ def test_bad_hyper_parameters_raise_learner_error(params, match):
 @pytest.mark.parametrize(
     ("change", "match"),
     [
-        ({"alpha": 0.2}, "learned with alpha=0.2, this learner has alpha=0.05"),
+        ({"alpha": 0.2}, "learned with alpha=0.2, this one has alpha=0.05"),
         ({"n_bits": 9}, "learned with n_bits=9"),
         ({"negative_rate": 0.5}, "learned with negative_rate=0.5"),
         ({"crosses": np.array(["user×item"])}, "learned with crosses"),
