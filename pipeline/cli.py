@@ -336,6 +336,27 @@ def cmd_replay(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_interleave(args: argparse.Namespace) -> int:
+    from replay.interleave_report import InterleaveConfig, run_interleave
+
+    config = InterleaveConfig(method=args.method, click_model=args.click_model, k=args.k,
+                              repeats=args.repeats, min_pool=args.min_pool, seed=args.seed)
+    doc = run_interleave(args.dir, args.models, args.report, config,
+                         joiner_config=_joiner_config(args),
+                         learner_params=learner_params(args.config, LEARNERS))
+    def users(value: float | None) -> str:
+        return "n/a" if value is None else f"{value:,.0f}"
+
+    for pair in doc["pairs"]:
+        need = pair.get("users_needed") or {}
+        ratio = need.get("ratio")
+        print(f"{pair['a']} vs {pair['b']}: better {pair['better'] or 'too close to call'}; "
+              f"users for 95%: interleaving {users(need.get('interleaving'))}, "
+              f"A/B {users(need.get('ab'))}" + (f" (A/B needs {ratio:.1f}x)" if ratio else ""))
+    print(f"report: {args.report}/report.md")
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from pipeline.demo import run_demo
 
@@ -477,6 +498,29 @@ def _build() -> tuple[argparse.ArgumentParser, dict[str, Options]]:
     o.add(p, "--time-bucket", type=_positive_duration_ms, default=None,
           help="bucket width of the metrics over time, e.g. 1h (default: a round width "
                "giving at most 48 buckets)")
+
+    from replay.click_models import CLICK_MODELS
+    from replay.interleaving import METHODS
+
+    p, o = command("interleave", "rankers of a replay folder compared by interleaving and by "
+                                 "simulated A/B tests", cmd_interleave)
+    o.add(p, "dir", type=Path, positional=True, metavar="DIR", help="replay input folder")
+    o.add(p, "--models", type=parse_names,
+          help="comma-separated rankers, two or more: learners (scores from a replay of "
+               f"DIR; of {', '.join(LEARNERS)}), oracle (the true attractiveness), "
+               "oracle+NOISE (plus Gaussian noise on the logit, e.g. oracle+1.5), logged")
+    o.add(p, "--method", type=_one_of(tuple(METHODS)), default="team-draft",
+          help=f"interleaving method, of: {', '.join(METHODS)}")
+    o.add(p, "--click-model", type=_one_of(tuple(CLICK_MODELS)), default="pbm",
+          help="simulated users, fitted to DIR's log, of: " + ", ".join(CLICK_MODELS))
+    o.add(p, "--report", type=Path, help="report folder")
+    o.add(p, "--k", type=_positive_int, default=10, help="positions shown")
+    o.add(p, "--repeats", type=_positive_int, default=None,
+          help="times each request is shown (default: enough for --min-pool)")
+    o.add(p, "--min-pool", type=_positive_int, default=100_000,
+          help="fewest simulated requests per experiment")
+    o.add(p, "--seed", type=int, default=0, help="random seed")
+    _add_joiner_options(o, p)
     return parser, all_options
 
 

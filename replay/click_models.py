@@ -92,6 +92,7 @@ import polars as pl
 from learners.base import check_state
 
 __all__ = [
+    "CLICK_MODELS",
     "PROB_MIN",
     "CascadeModel",
     "ClickModel",
@@ -1077,3 +1078,11 @@ class DynamicBayesianNetwork(ClickModel):
             "examination_": _state_probability(_state_array(d, "examination", None),
                                                "examination"),
         }
+
+
+# Name (as ``streamctr interleave --click-model`` takes it) -> model class.
+CLICK_MODELS: dict[str, type[ClickModel]] = {
+    "pbm": PositionBasedModel,
+    "cascade": CascadeModel,
+    "dbn": DynamicBayesianNetwork,
+}

@@ -81,6 +81,7 @@ from typing import Any
 import numpy as np
 
 __all__ = [
+    "METHODS",
     "BalancedInterleaving",
     "Interleaving",
     "InterleavingError",
@@ -597,3 +598,12 @@ def _sigmoid(d: float) -> float:
         return 1.0 / (1.0 + math.exp(-d))
     e = math.exp(d)
     return e / (1.0 + e)
+
+
+# Name (as ``streamctr interleave --method`` takes it) -> method.
+METHODS = {
+    "team-draft": team_draft,
+    "balanced": balanced,
+    "probabilistic": probabilistic,
+    "team-draft-multileave": team_draft_multileave,
+}

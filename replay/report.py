@@ -47,6 +47,7 @@ from replay.plots import write_plots
 __all__ = [
     "OutcomeRecorder",
     "after_warmup",
+    "json_safe",
     "learner_metrics",
     "learner_table",
     "modes_table",
@@ -171,7 +172,7 @@ def write_report(
     if modes:
         doc["delayed_feedback"] = {m: dict(v) for m, v in modes.items()}
     # NaN is not JSON: undefined metrics are written as null.
-    doc = _json_safe({**doc, **(breakdown or {})})
+    doc = json_safe({**doc, **(breakdown or {})})
     if breakdown:
         doc["plots"] = write_plots(doc, out)
     (out / "report.json").write_text(json.dumps(doc, indent=2) + "\n")
@@ -181,15 +182,16 @@ def write_report(
     return out
 
 
-def _json_safe(value: Any) -> Any:
+def json_safe(value: Any) -> Any:
+    """``value`` with numpy scalars as Python ones and non-finite floats as None (JSON)."""
     if isinstance(value, float) and not math.isfinite(value):
         return None
     if isinstance(value, np.generic):
-        return _json_safe(value.item())
+        return json_safe(value.item())
     if isinstance(value, Mapping):
-        return {str(k): _json_safe(v) for k, v in value.items()}
+        return {str(k): json_safe(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
-        return [_json_safe(v) for v in value]
+        return [json_safe(v) for v in value]
     return value
 
 
