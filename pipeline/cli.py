@@ -507,7 +507,8 @@ def _build() -> tuple[argparse.ArgumentParser, dict[str, Options]]:
     o.add(p, "dir", type=Path, positional=True, metavar="DIR", help="replay input folder")
     o.add(p, "--models", type=parse_names,
           help="comma-separated rankers, two or more: learners (scores from a replay of "
-               f"DIR; of {', '.join(LEARNERS)}), oracle (the true attractiveness), "
+               f"DIR; of {', '.join(LEARNERS)}), LEARNER@F (frozen after the first fraction F "
+               "of the events, e.g. ftrl@0.5), oracle (the true attractiveness), "
                "oracle+NOISE (plus Gaussian noise on the logit, e.g. oracle+1.5), logged")
     o.add(p, "--method", type=_one_of(tuple(METHODS)), default="team-draft",
           help=f"interleaving method, of: {', '.join(METHODS)}")

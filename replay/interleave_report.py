@@ -14,7 +14,11 @@ What it does with a folder (``impressions.parquet``, ``clicks.parquet``, and
    request's category where all its items share one (Yandex: the query), else none.
 3. **Rankers** (``--models``, two or more): a learner name (``ftrl``, ``gbdt_lr``, ``din``):
    its progressive-validation scores from a leak-free replay of the folder — each
-   request ranked by the model as it stood at the request's time; ``oracle``: the true
+   request ranked by the model as it stood at the request's time; ``LEARNER@F`` (e.g.
+   ``ftrl@0.25``): a snapshot, the learner frozen after the first fraction F of the
+   stream's events, scoring what comes after (with a snapshot among the rankers, only
+   the requests after the latest snapshot are compared, so none is scored by a model
+   that learned from it); ``oracle``: the true
    attractiveness; ``oracle+N`` (e.g. ``oracle+1.5``): that plus Gaussian noise of sd
    N on the logit (a ranker of controlled quality); ``logged``: the logged order.
 4. **Experiments.** Each request is shown (``repeats`` times, with fresh clicks each
@@ -42,7 +46,7 @@ import math
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from itertools import combinations
+from itertools import combinations, islice
 from pathlib import Path
 from typing import Any
 
@@ -51,12 +55,16 @@ import polars as pl
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from features.joiner import JoinerConfig
-from learners import LEARNERS
+from features.events import Impression
+from features.joiner import JoinedFeatures, JoinerConfig
+from learners import LEARNERS, Learner, make_learner
+from learners.base import close_learner
 from replay.click_models import CLICK_MODELS, ClickModel, ClickSessions
-from replay.inputs import read_replay_input
+from replay.engine import OnlineEngine
+from replay.inputs import ReplayInput, iter_events, read_replay_input
 from replay.interleaving import METHODS
-from replay.report import json_safe
+from replay.progress import progress
+from replay.report import OutcomeRecorder, json_safe
 from replay.simulation import (
     ABPool,
     Requests,
@@ -75,6 +83,7 @@ from replay.simulation import (
 
 __all__ = ["InterleaveConfig", "run_interleave", "write_interleave_report"]
 
+_BATCH = 2048  # events per engine call, as the replay's
 _USERS_GRID = (10, 30, 100, 300, 1_000, 3_000, 10_000, 30_000, 100_000, 300_000, 1_000_000)
 
 
@@ -115,6 +124,16 @@ def _check_models(models: Sequence[str]) -> None:
     for name in models:
         if name in LEARNERS or name in ("oracle", "logged"):
             continue
+        learner, at, fraction = name.partition("@")
+        if at and learner in LEARNERS:
+            try:
+                value = float(fraction)
+            except ValueError:
+                value = math.nan
+            if 0 < value < 1:
+                continue
+            raise SimulationError(f"snapshot {name!r}: the fraction of the stream must be in "
+                                  "(0, 1), e.g. ftrl@0.5")
         if name.startswith("oracle+"):
             try:
                 noise = float(name.removeprefix("oracle+"))
@@ -123,7 +142,8 @@ def _check_models(models: Sequence[str]) -> None:
             if math.isfinite(noise) and noise >= 0:
                 continue
         raise SimulationError(f"unknown ranker {name!r}: a learner ({', '.join(LEARNERS)}), "
-                              "oracle, oracle+NOISE (e.g. oracle+1.5) or logged")
+                              "LEARNER@FRACTION (a snapshot), oracle, oracle+NOISE (e.g. "
+                              "oracle+1.5) or logged")
 
 
 def _pages(impressions: pl.DataFrame) -> pl.DataFrame:
@@ -181,6 +201,63 @@ def _scores(name: str, frame: pl.DataFrame, requests: Requests,
     return _matrix(scored, "s", n, k, math.nan)
 
 
+def _learner_scores(inp: ReplayInput, models: Sequence[str],
+                    joiner_config: JoinerConfig | None,
+                    learner_params: Mapping[str, Mapping[str, Any]] | None,
+                    show_progress: bool) -> tuple[pl.DataFrame, int | None]:
+    """One leak-free replay of ``inp``: ``impression_id`` and a ``score_<ranker>`` column
+    per learner ranker (live: the score at impression time; ``LEARNER@F``: the snapshot's,
+    null before it was taken), and the event time of the latest snapshot (None: none)."""
+    params = learner_params or {}
+    live_names = [m for m in models if m in LEARNERS]
+    snapshots = {m: (m.partition("@")[0], float(m.partition("@")[2]))
+                 for m in models if "@" in m}
+    names = list(dict.fromkeys([*live_names, *(n for n, _ in snapshots.values())]))
+    learners = {n: make_learner(n, **params.get(n, {})) for n in names}
+    recorder = OutcomeRecorder(tuple(names))
+    frozen: dict[str, Learner] = {}
+    frozen_scores: dict[str, dict[str, float]] = {m: {} for m in snapshots}
+    engine: OnlineEngine
+
+    def score_frozen(imp: Impression, joined: JoinedFeatures) -> None:
+        if frozen:
+            x = engine.featurize(imp, joined)
+            for ranker, learner in frozen.items():
+                frozen_scores[ranker][imp.impression_id] = learner.predict_proba_one(x)
+
+    engine = OnlineEngine(learners, joiner_config or JoinerConfig(), on_outcome=[recorder],
+                          on_score=[score_frozen] if snapshots else [])
+    due = sorted((fraction * inp.n_events, ranker) for ranker, (_, fraction) in
+                 snapshots.items())
+    seen, taken_ts = 0, None
+    try:
+        with progress("replay", inp.n_events, enabled=show_progress) as ticker:
+            events = iter_events(inp)
+            while batch := list(islice(events, _BATCH)):
+                while due and seen >= due[0][0]:
+                    ranker = due.pop(0)[1]
+                    name = snapshots[ranker][0]
+                    clone = frozen[ranker] = make_learner(name, **params.get(name, {}))
+                    clone.load_state_dict(learners[name].state_dict())
+                    taken_ts = batch[0].ts
+                engine.process(batch)
+                seen += len(batch)
+                ticker.tick(len(batch))
+            engine.finish()
+    finally:
+        for learner in (*learners.values(), *frozen.values()):
+            close_learner(learner)
+    scores = recorder.to_frame().select(
+        "impression_id", *(pl.col(f"score_{n}") for n in live_names))
+    for ranker, by_id in frozen_scores.items():
+        scores = scores.join(pl.DataFrame({"impression_id": list(by_id),
+                                           f"score_{ranker}": list(by_id.values())},
+                                          schema={"impression_id": pl.String,
+                                                  f"score_{ranker}": pl.Float64}),
+                             on="impression_id", how="left")
+    return scores, taken_ts
+
+
 def _tile(a: np.ndarray, repeats: int) -> np.ndarray:
     return np.tile(a, (repeats, 1))
 
@@ -201,6 +278,10 @@ def run_interleave(folder: str | Path, models: Sequence[str], report_dir: str | 
     frame = _pages(inp.impressions)
     sessions, k_log = _sessions(frame, set(inp.clicks["impression_id"].to_list()))
     user = CLICK_MODELS[cfg.click_model]().fit(sessions)
+    outcomes, snapshot_ts = None, None
+    if any(m in LEARNERS or "@" in m for m in models):
+        outcomes, snapshot_ts = _learner_scores(inp, models, joiner_config, learner_params,
+                                                show_progress)
     truth_path = Path(folder) / "truth.parquet"
     if truth_path.exists():
         truth = pl.read_parquet(truth_path)
@@ -215,17 +296,15 @@ def run_interleave(folder: str | Path, models: Sequence[str], report_dir: str | 
         frame = frame.with_columns(relevance=pl.Series(
             alpha[frame["page"].to_numpy(), frame["slot"].to_numpy()]))
         source = f"the fitted {cfg.click_model}'s attractiveness of each (query, item)"
+    if snapshot_ts is not None:  # only requests the snapshots did not learn from
+        later = frame.group_by("page").agg(pl.col("ts").min() >= snapshot_ts).filter("ts")
+        frame = frame.filter(pl.col("page").is_in(later["page"].implode()))
+        if frame.is_empty():
+            raise SimulationError("no request comes after the latest snapshot")
+        frame = frame.with_columns(page=pl.col("page").rank("dense").cast(pl.Int64) - 1)
     n = int(frame["page"].max()) + 1
     requests = Requests(_matrix(frame, "relevance", n, k_log, math.nan))
     k = min(cfg.k, requests.k)
-    learners = [m for m in models if m in LEARNERS]
-    outcomes = None
-    if learners:
-        from replay.run import run_replay
-
-        outcomes = run_replay(folder, learners, None, joiner_config=joiner_config,
-                              learner_params=learner_params,
-                              show_progress=show_progress).outcomes
     scores = {m: _scores(m, frame, requests, outcomes, rng) for m in models}
     repeats = cfg.repeats or max(1, math.ceil(cfg.min_pool / requests.n))
     pool = Requests(_tile(requests.attractiveness, repeats))
@@ -248,7 +327,8 @@ def run_interleave(folder: str | Path, models: Sequence[str], report_dir: str | 
         "team-draft" if multileave else cfg.method], user, rng, k=k)
     doc: dict[str, Any] = {
         "folder": str(folder), "models": models, "method": cfg.method, "k": k,
-        "requests": requests.n, "repeats": repeats, "pool": pool.n, "seed": cfg.seed,
+        "requests": requests.n, "snapshot_ts": snapshot_ts, "repeats": repeats,
+        "pool": pool.n, "seed": cfg.seed,
         "ground_truth": source,
         "click_model": _click_model_summary(cfg.click_model, user, sessions),
         "pairs": pairs,

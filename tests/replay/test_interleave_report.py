@@ -52,6 +52,20 @@ def test_a_learner_ranks_by_its_replay_scores_and_loses_to_the_oracle(folder) ->
     assert doc["agreement"] == 1.0
 
 
+def test_a_snapshot_scores_only_the_requests_after_it_frozen(folder) -> None:
+    whole = run_interleave(folder, ["oracle", "logged"], None, SMALL)
+    doc = run_interleave(folder, ["ftrl@0.5", "ftrl", "oracle"], None, SMALL,
+                         show_progress=False)
+    assert doc["snapshot_ts"] is not None
+    # About the second half of the requests, none before the snapshot.
+    assert 0.35 * whole["requests"] < doc["requests"] < 0.65 * whole["requests"]
+    pairs = {(p["a"], p["b"]): p for p in doc["pairs"]}
+    assert pairs[("ftrl@0.5", "oracle")]["better"] == "oracle"
+    # The frozen model ranks differently from the one still learning.
+    live = pairs[("ftrl@0.5", "ftrl")]["interleaving"]
+    assert live["wins_a"] + live["wins_b"] > 0
+
+
 def test_multileaving_orders_three_rankers_and_agrees_with_ab(folder) -> None:
     cfg = InterleaveConfig(method="team-draft-multileave", min_pool=20_000, draws=500)
     doc = run_interleave(folder, ["oracle", "oracle+1", "oracle+4"], None, cfg)
@@ -78,6 +92,7 @@ def test_without_truth_the_fitted_click_model_gives_the_ground_truth(folder, tmp
     (["--models", "oracle"], "at least two rankers"),
     (["--models", "oracle,svm"], "unknown ranker 'svm'"),
     (["--models", "oracle,oracle+x"], "unknown ranker 'oracle+x'"),
+    (["--models", "oracle,ftrl@1.5"], "fraction of the stream must be in (0, 1)"),
     (["--models", "oracle,oracle"], "at least two rankers"),  # a list's repeats are dropped
     (["--models", "oracle,logged", "--method", "coin"], "--method"),
     (["--models", "oracle,logged", "--click-model", "ubm"], "--click-model"),
