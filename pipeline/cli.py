@@ -339,8 +339,9 @@ def cmd_replay(args: argparse.Namespace) -> int:
 def cmd_interleave(args: argparse.Namespace) -> int:
     from replay.interleave_report import InterleaveConfig, run_interleave
 
-    config = InterleaveConfig(method=args.method, click_model=args.click_model, k=args.k,
-                              repeats=args.repeats, min_pool=args.min_pool, seed=args.seed)
+    config = InterleaveConfig(method=args.method, click_model=args.click_model,
+                              ab_metric=args.ab_metric, k=args.k, repeats=args.repeats,
+                              min_pool=args.min_pool, seed=args.seed)
     doc = run_interleave(args.dir, args.models, args.report, config,
                          joiner_config=_joiner_config(args),
                          learner_params=learner_params(args.config, LEARNERS))
@@ -501,6 +502,7 @@ def _build() -> tuple[argparse.ArgumentParser, dict[str, Options]]:
 
     from replay.click_models import CLICK_MODELS
     from replay.interleaving import METHODS
+    from replay.simulation import AB_METRICS
 
     p, o = command("interleave", "rankers of a replay folder compared by interleaving and by "
                                  "simulated A/B tests", cmd_interleave)
@@ -514,6 +516,9 @@ def _build() -> tuple[argparse.ArgumentParser, dict[str, Options]]:
           help=f"interleaving method, of: {', '.join(METHODS)}")
     o.add(p, "--click-model", type=_one_of(tuple(CLICK_MODELS)), default="pbm",
           help="simulated users, fitted to DIR's log, of: " + ", ".join(CLICK_MODELS))
+    o.add(p, "--ab-metric", type=_one_of(AB_METRICS), default="clicks",
+          help="the A/B test's metric per request: clicks, or reciprocal-rank (of the first "
+               "click; clicks per request do not depend on the order under cascade users)")
     o.add(p, "--report", type=Path, help="report folder")
     o.add(p, "--k", type=_positive_int, default=10, help="positions shown")
     o.add(p, "--repeats", type=_positive_int, default=None,

@@ -24,8 +24,10 @@ What it does with a folder (``impressions.parquet``, ``clicks.parquet``, and
 4. **Experiments.** Each request is shown (``repeats`` times, with fresh clicks each
    time) the interleaved top ``k`` of every pair of rankers (or, with
    ``team-draft-multileave``, of all of them at once), and in each A/B arm the arm's
-   top ``k``. The pool's A/B difference names the better ranker of a pair (the truth;
-   a pair whose difference is within 3 standard errors is too close to call).
+   top ``k``. The pool's A/B difference in the A/B metric (``clicks`` per request, or
+   the ``reciprocal-rank`` of the first click: under cascade users clicks per request do
+   not depend on the order) names the better ranker of a pair (the truth; a pair whose
+   difference is within 3 standard errors is too close to call).
 5. **Statistics** (:mod:`replay.simulation`): per pair the interleaving preference with
    its sign test and bootstrap CI, the A/B difference with Welch's test and CI, the
    probability of the correct verdict for a range of users and the users each needs for
@@ -66,6 +68,7 @@ from replay.interleaving import METHODS
 from replay.progress import progress
 from replay.report import OutcomeRecorder, json_safe
 from replay.simulation import (
+    AB_METRICS,
     ABPool,
     Requests,
     SimulationError,
@@ -93,6 +96,7 @@ class InterleaveConfig:
 
     method: str = "team-draft"
     click_model: str = "pbm"
+    ab_metric: str = "clicks"
     k: int = 10
     repeats: int | None = None  # None: enough for a pool of at least min_pool requests
     min_pool: int = 100_000
@@ -103,6 +107,9 @@ class InterleaveConfig:
         if self.method not in METHODS:
             raise SimulationError(f"unknown method {self.method!r}; one of "
                                   f"{', '.join(METHODS)}")
+        if self.ab_metric not in AB_METRICS:
+            raise SimulationError(f"unknown A/B metric {self.ab_metric!r}; one of "
+                                  f"{', '.join(AB_METRICS)}")
         if self.click_model not in CLICK_MODELS:
             raise SimulationError(f"unknown click model {self.click_model!r}; one of "
                                   f"{', '.join(CLICK_MODELS)}")
@@ -320,13 +327,14 @@ def run_interleave(folder: str | Path, models: Sequence[str], report_dir: str | 
             prefs = prefs_all[:, j, i]
         else:
             prefs = simulate_interleaving(pool, [pooled[a], pooled[b]], method, user, rng, k=k)
-        ab = simulate_ab(pool, pooled[a], pooled[b], user, rng, k=k)
+        ab = simulate_ab(pool, pooled[a], pooled[b], user, rng, k=k, metric=cfg.ab_metric)
         pairs.append(_pair(a, b, prefs, ab, rng, cfg))
     decided = [p for p in pairs if p["truth"] != 0]
     aa = simulate_interleaving(pool, [pooled[models[0]], pooled[models[0]]], METHODS[
         "team-draft" if multileave else cfg.method], user, rng, k=k)
     doc: dict[str, Any] = {
         "folder": str(folder), "models": models, "method": cfg.method, "k": k,
+        "ab_metric": cfg.ab_metric,
         "requests": requests.n, "snapshot_ts": snapshot_ts, "repeats": repeats,
         "pool": pool.n, "seed": cfg.seed,
         "ground_truth": source,
@@ -349,7 +357,7 @@ def run_interleave(folder: str | Path, models: Sequence[str], report_dir: str | 
 def _pair(a: str, b: str, prefs: np.ndarray, ab: ABPool, rng: np.random.Generator,
           cfg: InterleaveConfig) -> dict[str, Any]:
     il = sign_test(prefs, rng)
-    abv = ab_test(ab.clicks_a, ab.clicks_b, rng)
+    abv = ab_test(ab.values_a, ab.values_b, rng)
     close = abs(ab.difference) <= 3 * ab.standard_error
     truth = 0 if close else int(np.sign(ab.difference))
     wins, losses = int(np.sum(prefs > 0)), int(np.sum(prefs < 0))
@@ -361,8 +369,8 @@ def _pair(a: str, b: str, prefs: np.ndarray, ab: ABPool, rng: np.random.Generato
                          "ties": int(prefs.size) - wins - losses,
                          "win_rate_b": wins / (wins + losses) if wins + losses else None},
         "ab": {"difference": abv.estimate, "ci": [abv.ci_low, abv.ci_high],
-               "p_value": abv.p_value, "clicks_a": float(ab.clicks_a.mean()),
-               "clicks_b": float(ab.clicks_b.mean())},
+               "p_value": abv.p_value, "mean_a": float(ab.values_a.mean()),
+               "mean_b": float(ab.values_b.mean())},
     }
     if truth != 0:
         grid = list(_USERS_GRID)
@@ -418,7 +426,8 @@ def _markdown(doc: Mapping[str, Any]) -> str:
         f"nats per page, perplexity {cm['perplexity']:.4f}); examination by position: "
         + ", ".join(f"{e:.3f}" for e in cm["examination"]) + ".",
         "",
-        "| pair (a vs b) | better (A/B pool) | A/B clicks/request b − a [95 % CI] | "
+        f"| pair (a vs b) | better (A/B pool) | A/B {doc['ab_metric']} per request b − a "
+        "[95 % CI] | "
         "interleaving preference of b [95 % CI] | win rate of b | sign-test p | users "
         "for 95 %: interleaving | A/B | A/B ÷ interleaving | sequential verdict (users) |",
         "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",

@@ -13,7 +13,8 @@ candidate), rankers (a score per candidate), a click model (the simulated user,
   rankers of controlled quality (the true logit plus Gaussian noise); the replay's
   learner scores are another source (:mod:`replay.interleave_report`).
 * :func:`simulate_ab` shows each request, in each of two arms, its ranker's top k and
-  draws the user's clicks: clicks per request of each arm. :func:`simulate_interleaving`
+  draws the user's clicks: the A/B metric (clicks per request, or the reciprocal rank of
+  the first click) of each request in each arm. :func:`simulate_interleaving`
   shows each request the interleaved list and credits the clicks: the preference of
   ranker b over ranker a per request (in [-1, 1]; ±1 or 0 for the deterministic
   credit rules).
@@ -27,7 +28,8 @@ candidate), rankers (a score per candidate), a click model (the simulated user,
   pairs measured by :func:`aa_false_positive_rate`.
 
 Bootstraps here are exact resamples drawn cheaply: every outcome takes few distinct
-values (clicks per request 0…k; a preference −1, 0, +1, or the finitely many values of
+values (clicks per request 0…k, reciprocal ranks 1, 1/2 … 1/k, 0; a preference −1, 0,
++1, or the finitely many values of
 probabilistic credit), so the sum of N draws with replacement is a multinomial draw of
 the values' counts — the same distribution as resampling N indices, at a cost
 independent of N.
@@ -52,11 +54,11 @@ from typing import Any, Protocol
 
 import numpy as np
 import polars as pl
-from scipy import stats
 
 from replay.synthetic import SyntheticStream
 
 __all__ = [
+    "AB_METRICS",
     "ABPool",
     "ClickSimulator",
     "Requests",
@@ -194,24 +196,27 @@ def _check_k(k: int) -> None:
         raise SimulationError(f"k (positions shown) must be an int >= 1, got {k!r}")
 
 
+AB_METRICS = ("clicks", "reciprocal-rank")
+
+
 @dataclass(frozen=True)
 class ABPool:
-    """Clicks per request of every request shown in arm a and, independently, in arm b:
-    int (n,) each. An A/B test of N users samples N/2 requests of each."""
+    """The A/B metric of every request shown in arm a and, independently, in arm b:
+    float (n,) each. An A/B test of N users samples N/2 requests of each."""
 
-    clicks_a: np.ndarray
-    clicks_b: np.ndarray
+    values_a: np.ndarray
+    values_b: np.ndarray
 
     @property
     def difference(self) -> float:
-        """Mean clicks per request of b minus a over the pool."""
-        return float(self.clicks_b.mean() - self.clicks_a.mean())
+        """Mean metric per request of b minus a over the pool."""
+        return float(self.values_b.mean() - self.values_a.mean())
 
     @property
     def standard_error(self) -> float:
         """Of :attr:`difference` (the two arms' draws are independent)."""
-        n = self.clicks_a.size
-        return float(math.sqrt((self.clicks_a.var(ddof=1) + self.clicks_b.var(ddof=1)) / n))
+        n = self.values_a.size
+        return float(math.sqrt((self.values_a.var(ddof=1) + self.values_b.var(ddof=1)) / n))
 
 
 def _shown(requests: Requests, ranking: np.ndarray, k: int) -> np.ndarray:
@@ -223,14 +228,27 @@ def _shown(requests: Requests, ranking: np.ndarray, k: int) -> np.ndarray:
 
 
 def simulate_ab(requests: Requests, scores_a: np.ndarray, scores_b: np.ndarray,
-                model: ClickSimulator, rng: np.random.Generator, k: int = 10) -> ABPool:
+                model: ClickSimulator, rng: np.random.Generator, k: int = 10,
+                metric: str = "clicks") -> ABPool:
     """Every request shown in each arm (its ranker's top ``k``), clicks drawn by
-    ``model`` independently per arm."""
+    ``model`` independently per arm, and the request's ``metric``: ``clicks`` (clicks per
+    request) or ``reciprocal-rank`` (1 / the rank of the first click, 0 without one).
+
+    Under cascade users, clicks per request do not depend on the order at all — every
+    user scans down to their first attractive result, wherever it is — so only a metric
+    of where the click lands, such as the reciprocal rank, can tell rankers apart."""
     _check_k(k)
+    if metric not in AB_METRICS:
+        raise SimulationError(f"unknown A/B metric {metric!r}; one of {', '.join(AB_METRICS)}")
     pools = []
     for scores in (scores_a, scores_b):
-        clicks = model.simulate(_shown(requests, rankings(scores, requests), k), rng)
-        pools.append(np.asarray(clicks, dtype=bool).sum(axis=1))
+        clicks = np.asarray(
+            model.simulate(_shown(requests, rankings(scores, requests), k), rng), dtype=bool)
+        if metric == "clicks":
+            pools.append(clicks.sum(axis=1).astype(np.float64))
+        else:
+            first = np.argmax(clicks, axis=1)
+            pools.append(np.where(clicks.any(axis=1), 1.0 / (1.0 + first), 0.0))
     return ABPool(*pools)
 
 
@@ -312,6 +330,8 @@ def sign_test(preferences: np.ndarray, rng: np.random.Generator) -> Verdict:
     """Interleaving's verdict: the mean preference of b over a, its bootstrap 95 % CI,
     and the two-sided binomial (sign) test of wins against losses, ties left out
     (Chapelle et al. 2012)."""
+    from scipy import stats  # ~0.7 s to import: the CLI reads this module's names at start
+
     prefs = np.asarray(preferences, dtype=np.float64)
     wins, losses = int(np.sum(prefs > 0)), int(np.sum(prefs < 0))
     p = 1.0 if wins + losses == 0 else stats.binomtest(wins, wins + losses).pvalue
@@ -319,10 +339,12 @@ def sign_test(preferences: np.ndarray, rng: np.random.Generator) -> Verdict:
     return Verdict(float(prefs.mean()), low, high, float(p), int(prefs.size))
 
 
-def ab_test(clicks_a: np.ndarray, clicks_b: np.ndarray, rng: np.random.Generator) -> Verdict:
-    """The A/B verdict: clicks per request of b minus a, a bootstrap 95 % CI (arms
+def ab_test(values_a: np.ndarray, values_b: np.ndarray, rng: np.random.Generator) -> Verdict:
+    """The A/B verdict: the metric per request of b minus a, a bootstrap 95 % CI (arms
     resampled independently) and Welch's t-test."""
-    a, b = (np.asarray(c, dtype=np.float64) for c in (clicks_a, clicks_b))
+    from scipy import stats  # as in sign_test
+
+    a, b = (np.asarray(c, dtype=np.float64) for c in (values_a, values_b))
     diffs = (_resampled_means(b, b.size, 4000, rng) - _resampled_means(a, a.size, 4000, rng))
     p = stats.ttest_ind(b, a, equal_var=False).pvalue
     p = 1.0 if not math.isfinite(p) else float(p)
@@ -345,8 +367,8 @@ def p_correct(outcomes: np.ndarray | ABPool, users: int, truth: int,
         raise SimulationError(f"users must be an int >= 2, got {users!r}")
     if isinstance(outcomes, ABPool):
         half = users // 2
-        score = (_resampled_means(outcomes.clicks_b, half, draws, rng)
-                 - _resampled_means(outcomes.clicks_a, half, draws, rng))
+        score = (_resampled_means(outcomes.values_b, half, draws, rng)
+                 - _resampled_means(outcomes.values_a, half, draws, rng))
     else:
         score = _resampled_means(outcomes, users, draws, rng)
     verdict = np.sign(np.round(score * users, 9))  # exact zero sums are ties

@@ -97,6 +97,7 @@ def test_without_truth_the_fitted_click_model_gives_the_ground_truth(folder, tmp
     (["--models", "oracle,logged", "--method", "coin"], "--method"),
     (["--models", "oracle,logged", "--click-model", "ubm"], "--click-model"),
     (["--models", "oracle,logged", "--k", "0"], "--k"),
+    (["--models", "oracle,logged", "--ab-metric", "dwell"], "--ab-metric"),
 ])
 def test_bad_options_are_one_line_errors(folder, tmp_path, capsys, args, message) -> None:
     assert main(["interleave", str(folder), "--report", str(tmp_path / "r"), *args]) == 2

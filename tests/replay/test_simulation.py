@@ -6,6 +6,7 @@ import numpy as np
 import polars as pl
 import pytest
 
+from replay.click_models import CascadeModel
 from replay.interleaving import team_draft
 from replay.simulation import (
     ABPool,
@@ -76,6 +77,16 @@ def test_the_better_ranker_gets_more_clicks_in_ab_and_wins_interleaving(requests
     assert needed_ab > 2 * needed_il
 
 
+def test_under_cascade_users_only_the_reciprocal_rank_tells_rankers_apart(requests) -> None:
+    rng = np.random.default_rng(8)
+    good, bad = noisy_oracle(requests, 0.2, rng), noisy_oracle(requests, 3.0, rng)
+    clicks = simulate_ab(requests, bad, good, CascadeModel(), rng)
+    assert abs(clicks.difference) < 4 * clicks.standard_error  # the order does not matter
+    rank = simulate_ab(requests, bad, good, CascadeModel(), rng, metric="reciprocal-rank")
+    assert rank.difference > 4 * rank.standard_error
+    assert set(np.unique(rank.values_a)) <= {0.0, *(1 / np.arange(1, 11))}
+
+
 def test_identical_rankers_tie_in_both_experiments(requests) -> None:
     rng = np.random.default_rng(2)
     same = noisy_oracle(requests, 1.0, rng)
@@ -105,8 +116,8 @@ def test_the_multinomial_bootstrap_resamples_like_indices() -> None:
     rng = np.random.default_rng(4)
     clicks = rng.poisson(0.4, size=5_000)
     pool = ABPool(clicks, clicks + (rng.random(5_000) < 0.05))
-    by_index = [pool.clicks_b[rng.integers(0, 5_000, 200)].mean()
-                - pool.clicks_a[rng.integers(0, 5_000, 200)].mean() for _ in range(4_000)]
+    by_index = [pool.values_b[rng.integers(0, 5_000, 200)].mean()
+                - pool.values_a[rng.integers(0, 5_000, 200)].mean() for _ in range(4_000)]
     verdicts = np.mean(np.sign(by_index) > 0) + 0.5 * np.mean(np.sign(by_index) == 0)
     assert p_correct(pool, 400, 1, rng, draws=8_000) == pytest.approx(verdicts, abs=0.03)
 
@@ -144,6 +155,8 @@ def test_the_sequential_test_stops_early_on_a_clear_winner_and_rarely_on_an_aa_p
     (lambda: p_correct(np.ones(5), 1, 1, np.random.default_rng()), "users"),
     (lambda: p_correct(np.array([]), 10, 1, np.random.default_rng()), "empty"),
     (lambda: sequential_sign_test(np.ones(3), alpha=2.0), "alpha"),
+    (lambda: simulate_ab(Requests(np.ones((1, 2)) / 2), np.ones((1, 2)), np.ones((1, 2)),
+                         _Examination(), np.random.default_rng(), metric="dwell"), "metric"),
 ])
 def test_bad_input_raises_simulation_error(make, match) -> None:
     with pytest.raises(SimulationError, match=match):
