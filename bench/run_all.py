@@ -55,6 +55,7 @@ soak_bench = _load("bench_soak", Path(__file__).parent / "soak.py")
 service_bench = _load("bench_service", Path(__file__).parent / "service.py")
 checkpoint_bench = _load("bench_checkpoint", Path(__file__).parent / "checkpoint.py")
 recovery_bench = _load("bench_recovery", Path(__file__).parent / "recovery.py")
+interleaving_bench = _load("bench_interleaving", Path(__file__).parent / "interleaving.py")
 
 
 def median_time(fn: Callable[[], object], runs: int) -> float:
@@ -195,7 +196,7 @@ def bench_auc(runs: int, n: int) -> list[str]:
 
 
 SECTIONS = ("generator", "learners", "quality", "din", "replay", "service", "checkpoint",
-            "recovery", "auc", "joiner", "soak")
+            "recovery", "auc", "joiner", "soak", "interleaving")
 
 
 def _split(lines: list[str]) -> tuple[list[str], dict[str, list[str]]]:
@@ -243,6 +244,11 @@ def main() -> int:
         recovery_data = Path(tmp) / "recovery-stream"
         if args.only is None or "recovery" in args.only:
             write_stream(generate(recovery_events, seed=0), recovery_data)
+        # Interleaving replays DIN once per kind of user: a shorter stream keeps it minutes.
+        interleaving_events = 100_000 // scale
+        interleaving_data = Path(tmp) / "interleaving-stream"
+        if args.only is None or "interleaving" in args.only:
+            write_stream(generate(interleaving_events, seed=0), interleaving_data)
         benches = [
             ("generator", lambda: bench_generator(runs, 1_000_000 // scale)),
             ("learners", lambda: learners_bench.markdown(
@@ -265,6 +271,8 @@ def main() -> int:
                 joiner_bench.throughput(runs, 10_000_000 // scale, 200_000 // scale),
                 joiner_bench.store_memory(10_000_000 // scale), runs)),
             ("soak", lambda: soak_bench.markdown(soak_bench.measure(400_000 // scale))),
+            ("interleaving", lambda: interleaving_bench.markdown(interleaving_bench.measure(
+                interleaving_data, interleaving_events, 100_000 // scale))),
         ]
         for name, run in benches:
             if args.only is None or name in args.only:
