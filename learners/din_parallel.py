@@ -247,7 +247,6 @@ class StepGroup:
         self.world = len(devices)
         self.device = devices[0]
         self.network = dict(network)
-        self.recent_length, self.lifelong_top_k = recent_length, lifelong_top_k
         self.replica = GradientReplica(network, n_rows, self.device)
         timeout = datetime.timedelta(seconds=timeout_s)
         self._store = dist.TCPStore(_HOST, 0, self.world, True, timeout, wait_for_workers=False)
@@ -269,9 +268,9 @@ class StepGroup:
         try:
             self._group = _group(self._store, 0, self.world, self.device, timeout)
         except RuntimeError as e:
+            tail = self._log_tail()
             self.close()
-            raise DataParallelError(f"gradient workers did not start: {e}{self._log_tail()}") \
-                from None
+            raise DataParallelError(f"gradient workers did not start: {e}{tail}") from None
 
     def _log_tail(self) -> str:
         tails = []

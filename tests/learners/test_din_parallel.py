@@ -198,3 +198,19 @@ def test_a_replay_with_data_parallel_din_scores_as_one_process_and_stops_its_wor
     one, two = (results[n].outcomes["score_din"].to_numpy() for n in (1, 2))
     assert len(one) == len(two) > 1_000
     np.testing.assert_allclose(two, one, atol=1e-6)
+
+
+def test_a_worker_that_cannot_start_is_reported_with_what_it_said() -> None:
+    import torch
+
+    from learners.din_parallel import StepGroup
+
+    network = {"embedding_dim": 4, "n_context": 0, "n_dense": 0, "attention_hidden": [4],
+               "mlp_hidden": [4], "activation": "prelu"}
+    started = time.monotonic()
+    with pytest.raises(DataParallelError, match="did not start") as raised:
+        # The worker reads its thread count before it joins the group: a bad one stops it.
+        StepGroup([torch.device("cpu")] * 2, network, 16, 5, 3, cpu_threads="x",
+                  timeout_s=3.0)
+    assert "rank 1 said" in str(raised.value) and "ValueError" in str(raised.value)
+    assert time.monotonic() - started < 30
