@@ -38,6 +38,7 @@ checkpoint. A worker whose rank 0 dies sees its connection closed and exits.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import json
 import os
@@ -268,6 +269,9 @@ class StepGroup:
         try:
             self._group = _group(self._store, 0, self.world, self.device, timeout)
         except RuntimeError as e:
+            for worker in self._workers:  # a failing one is usually on its way out: its why
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    worker.wait(5.0)
             tail = self._log_tail()
             self.close()
             raise DataParallelError(f"gradient workers did not start: {e}{tail}") from None
