@@ -9,7 +9,9 @@ team-draft) compares:
   controlled quality gaps, for the sensitivity ratio (A/B users ÷ interleaving users for
   a 95 % correct verdict, Netflix's protocol: N interleaved against N/2 per arm) and the
   agreement of interleaving's verdict with the A/B pool's;
-* FTRL and DIN as they stand at each request of a leak-free replay, and the oracle;
+* FTRL and DIN as they stand at each request of a leak-free replay, the same frozen at
+  the stream's midpoint (``ftrl@0.5``, ``din@0.5``), and the oracle, on the requests of
+  the second half;
 * under PBM users, the four methods on three pairs.
 
 And the click models on the Yandex WSCD sample (when ``../shared/datasets`` is there):
@@ -22,6 +24,7 @@ from __future__ import annotations
 
 import statistics
 import sys
+import tempfile
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -30,10 +33,15 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from features.importers import yandex  # noqa: E402
+from features.importers.common import write_replay_input  # noqa: E402
 from replay.click_models import CLICK_MODELS, yandex_sessions  # noqa: E402
 from replay.interleave_report import InterleaveConfig, run_interleave  # noqa: E402
 from replay.interleaving import METHODS  # noqa: E402
 
+# Live (the model at each request) and frozen at the stream's midpoint; with snapshots
+# among them, only the requests of the second half are compared.
+LEARNER_RANKERS = ["ftrl", "din", "ftrl@0.5", "din@0.5", "oracle"]
 ORACLES = [f"oracle+{noise:g}" for noise in (0.2, 0.5, 0.8, 1.1, 1.4, 1.7, 2.0, 2.4, 2.7, 3.0)]
 YANDEX = ROOT.parent / "shared" / "datasets"
 # Cascade users click at most once, wherever their first attractive result is: clicks per
@@ -51,7 +59,7 @@ def measure(data: Path, n_events: int, pool: int) -> dict[str, Any]:
         out["users"][name] = run_interleave(data, ORACLES, None, cfg)
         out["users"][name]["bench_seconds"] = time.perf_counter() - started
         print(f"bench: interleaving: {name} users", file=sys.stderr, flush=True)
-        out["learners"][name] = run_interleave(data, ["ftrl", "din", "oracle"], None, cfg,
+        out["learners"][name] = run_interleave(data, LEARNER_RANKERS, None, cfg,
                                                show_progress=False)
     # Why the cascade's A/B test reads the reciprocal rank: its clicks per request.
     out["cascade_clicks"] = run_interleave(
@@ -66,6 +74,9 @@ def measure(data: Path, n_events: int, pool: int) -> dict[str, Any]:
 
 
 def _yandex() -> dict[str, Any]:
+    """Click-model fits on the Yandex sample, and the logged ranking against oracles of
+    the fitted attractiveness (ground truth and users both from the fit: the folder has no
+    truth.parquet)."""
     train = yandex_sessions(YANDEX / "yandex_wscd_train.txt")
     test = yandex_sessions(YANDEX / "yandex_wscd_test.txt")
     fits = {}
@@ -77,7 +88,15 @@ def _yandex() -> dict[str, Any]:
                       "perplexity_test": float(model.perplexity(test).mean()),
                       "examination": [float(v) for v in
                                       model.examination_probabilities()]}
-    return {"train": len(train), "test": len(test), "fits": fits}
+    compared = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = write_replay_input(yandex.load(YANDEX / "yandex_wscd_train.txt"),
+                                    Path(tmp) / "yandex")
+        for name in ("pbm", "dbn"):
+            compared[name] = run_interleave(
+                folder, ["logged", "oracle+1", "oracle"], None,
+                InterleaveConfig(click_model=name, min_pool=100_000, draws=1000, seed=4))
+    return {"train": len(train), "test": len(test), "fits": fits, "compared": compared}
 
 
 def _ratios(doc: dict[str, Any]) -> list[float]:
@@ -161,7 +180,9 @@ def markdown(m: dict[str, Any]) -> list[str]:
     lines += [
         "",
         "Learners as they stand at each request of a leak-free replay of the same stream "
-        "(progressive-validation scores), and the oracle:",
+        "(progressive-validation scores), the same frozen at the stream's midpoint "
+        "(`@0.5`), and the oracle, on the requests of the second half "
+        f"({next(iter(m['learners'].values()))['requests']:,} requests):",
         "",
         "| users | pair | better (A/B) | interleaving users | A/B users | ratio | "
         "interleaving agrees |",
@@ -210,6 +231,24 @@ def markdown(m: dict[str, Any]) -> list[str]:
             lines.append(f"| {name} | {fit['seconds']:.2f} | {fit['log_likelihood_test']:.3f} | "
                          f"{fit['perplexity_test']:.4f} | "
                          + ", ".join(f"{e:.2f}" for e in fit["examination"]) + " |")
+        lines += [
+            "",
+            "The logged Yandex ranking against oracles of the fitted attractiveness "
+            "(`streamctr import yandex` of the train file, then `streamctr interleave DIR "
+            "--models logged,oracle+1,oracle --click-model pbm|dbn`: users and ground truth "
+            "both from the fit):",
+            "",
+            "| users | pair | better (A/B) | interleaving users | A/B users | ratio |",
+            "|---|---|---|---:|---:|---:|",
+        ]
+        for name, doc in y["compared"].items():
+            for p in doc["pairs"]:
+                need = p.get("users_needed") or {}
+                ratio = need.get("ratio")
+                lines.append(f"| {name} | {p['a']} vs {p['b']} | {p['better'] or 'too close'} | "
+                             f"{_users(need.get('interleaving')) if need else 'n/a'} | "
+                             f"{_users(need.get('ab')) if need else 'n/a'} | "
+                             f"{'n/a' if ratio is None else f'{ratio:.1f}'} |")
     lines += [
         "",
         "The literature reports interleaving needing 10–100× fewer users than A/B (Chapelle "
