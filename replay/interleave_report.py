@@ -57,12 +57,11 @@ import polars as pl
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from features.events import Impression
-from features.joiner import JoinedFeatures, JoinerConfig
+from features.joiner import JoinerConfig
 from learners import LEARNERS, Learner, make_learner
 from learners.base import close_learner
 from replay.click_models import CLICK_MODELS, ClickModel, ClickSessions
-from replay.engine import OnlineEngine
+from replay.engine import OnlineEngine, Outcome
 from replay.inputs import ReplayInput, iter_events, read_replay_input
 from replay.interleaving import METHODS
 from replay.progress import progress
@@ -213,8 +212,9 @@ def _learner_scores(inp: ReplayInput, models: Sequence[str],
                     learner_params: Mapping[str, Mapping[str, Any]] | None,
                     show_progress: bool) -> tuple[pl.DataFrame, int | None]:
     """One leak-free replay of ``inp``: ``impression_id`` and a ``score_<ranker>`` column
-    per learner ranker (live: the score at impression time; ``LEARNER@F``: the snapshot's,
-    null before it was taken), and the event time of the latest snapshot (None: none)."""
+    per learner ranker (live: the score at impression time; ``LEARNER@F``: the snapshot's
+    of the feature dict scored then, null for impressions before it was taken), and the
+    event time of the latest snapshot (None: none)."""
     params = learner_params or {}
     live_names = [m for m in models if m in LEARNERS]
     snapshots = {m: (m.partition("@")[0], float(m.partition("@")[2]))
@@ -222,18 +222,21 @@ def _learner_scores(inp: ReplayInput, models: Sequence[str],
     names = list(dict.fromkeys([*live_names, *(n for n, _ in snapshots.values())]))
     learners = {n: make_learner(n, **params.get(n, {})) for n in names}
     recorder = OutcomeRecorder(tuple(names))
-    frozen: dict[str, Learner] = {}
+    frozen: dict[str, tuple[Learner, int]] = {}  # ranker -> (snapshot, event time taken)
     frozen_scores: dict[str, dict[str, float]] = {m: {} for m in snapshots}
-    engine: OnlineEngine
 
-    def score_frozen(imp: Impression, joined: JoinedFeatures) -> None:
-        if frozen:
-            x = engine.featurize(imp, joined)
-            for ranker, learner in frozen.items():
-                frozen_scores[ranker][imp.impression_id] = learner.predict_proba_one(x)
+    def score_frozen(outcome: Outcome) -> None:
+        # A frozen model scores the same at release as at impression time: the outcome's
+        # feature dict is the one scored then, so nothing is featurized twice.
+        imp = outcome.release.impression
+        for ranker, (learner, since) in frozen.items():
+            if imp.ts >= since:
+                frozen_scores[ranker][imp.impression_id] = learner.predict_proba_one(
+                    outcome.features)
 
-    engine = OnlineEngine(learners, joiner_config or JoinerConfig(), on_outcome=[recorder],
-                          on_score=[score_frozen] if snapshots else [])
+    # Snapshots read the outcomes' feature dicts, which the compiled-rows path omits.
+    engine = OnlineEngine(learners, joiner_config or JoinerConfig(),
+                          on_outcome=[recorder, score_frozen], compiled_rows=not snapshots)
     due = sorted((fraction * inp.n_events, ranker) for ranker, (_, fraction) in
                  snapshots.items())
     seen, taken_ts = 0, None
@@ -244,15 +247,16 @@ def _learner_scores(inp: ReplayInput, models: Sequence[str],
                 while due and seen >= due[0][0]:
                     ranker = due.pop(0)[1]
                     name = snapshots[ranker][0]
-                    clone = frozen[ranker] = make_learner(name, **params.get(name, {}))
+                    clone = make_learner(name, **params.get(name, {}))
                     clone.load_state_dict(learners[name].state_dict())
                     taken_ts = batch[0].ts
+                    frozen[ranker] = (clone, taken_ts)
                 engine.process(batch)
                 seen += len(batch)
                 ticker.tick(len(batch))
             engine.finish()
     finally:
-        for learner in (*learners.values(), *frozen.values()):
+        for learner in (*learners.values(), *(clone for clone, _ in frozen.values())):
             close_learner(learner)
     scores = recorder.to_frame().select(
         "impression_id", *(pl.col(f"score_{n}") for n in live_names))
@@ -263,10 +267,6 @@ def _learner_scores(inp: ReplayInput, models: Sequence[str],
                                                   f"score_{ranker}": pl.Float64}),
                              on="impression_id", how="left")
     return scores, taken_ts
-
-
-def _tile(a: np.ndarray, repeats: int) -> np.ndarray:
-    return np.tile(a, (repeats, 1))
 
 
 def run_interleave(folder: str | Path, models: Sequence[str], report_dir: str | Path | None,
@@ -314,8 +314,8 @@ def run_interleave(folder: str | Path, models: Sequence[str], report_dir: str | 
     k = min(cfg.k, requests.k)
     scores = {m: _scores(m, frame, requests, outcomes, rng) for m in models}
     repeats = cfg.repeats or max(1, math.ceil(cfg.min_pool / requests.n))
-    pool = Requests(_tile(requests.attractiveness, repeats))
-    pooled = {m: _tile(s, repeats) for m, s in scores.items()}
+    pool = Requests(np.tile(requests.attractiveness, (repeats, 1)))
+    pooled = {m: np.tile(s, (repeats, 1)) for m, s in scores.items()}
     method = METHODS[cfg.method]
     multileave = cfg.method == "team-draft-multileave"
     prefs_all = (simulate_interleaving(pool, [pooled[m] for m in models], method, user, rng,
