@@ -108,6 +108,15 @@ def _users(value: float | None) -> str:
     return "> 2M" if value is None else f"{value:,.0f}"
 
 
+def _needed(pair: dict[str, Any]) -> str:
+    """The cells interleaving users | A/B users | ratio of a pair (n/a: too close)."""
+    need = pair.get("users_needed")
+    if need is None:
+        return "n/a | n/a | n/a"
+    ratio = "n/a" if need["ratio"] is None else f"{need['ratio']:.1f}"
+    return f"{_users(need['interleaving'])} | {_users(need['ab'])} | {ratio}"
+
+
 def markdown(m: dict[str, Any]) -> list[str]:
     lines = [
         "## Interleaving against A/B tests (simulated users)",
@@ -190,15 +199,10 @@ def markdown(m: dict[str, Any]) -> list[str]:
     ]
     for name, doc in m["learners"].items():
         for p in doc["pairs"]:
-            need = p.get("users_needed") or {}
             agrees = ("n/a" if p["truth"] == 0 else
                       "yes" if (p["interleaving"]["mean"] > 0) == (p["truth"] > 0) else "no")
-            ratio = need.get("ratio")
-            lines.append(
-                f"| {name} | {p['a']} vs {p['b']} | {p['better'] or 'too close'} | "
-                f"{_users(need.get('interleaving')) if need else 'n/a'} | "
-                f"{_users(need.get('ab')) if need else 'n/a'} | "
-                f"{'n/a' if ratio is None else f'{ratio:.1f}'} | {agrees} |")
+            lines.append(f"| {name} | {p['a']} vs {p['b']} | {p['better'] or 'too close'} | "
+                         f"{_needed(p)} | {agrees} |")
     lines += [
         "",
         "Methods under PBM users (oracle+0.5, oracle+1.4, oracle+3):",
@@ -208,12 +212,7 @@ def markdown(m: dict[str, Any]) -> list[str]:
     ]
     for method, doc in m["methods"].items():
         for p in doc["pairs"]:
-            need = p.get("users_needed") or {}
-            ratio = need.get("ratio")
-            lines.append(f"| {method} | {p['a']} vs {p['b']} | "
-                         f"{_users(need.get('interleaving')) if need else 'n/a'} | "
-                         f"{_users(need.get('ab')) if need else 'n/a'} | "
-                         f"{'n/a' if ratio is None else f'{ratio:.1f}'} |")
+            lines.append(f"| {method} | {p['a']} vs {p['b']} | {_needed(p)} |")
     y = m["yandex"]
     lines.append("")
     if y is None:
@@ -243,12 +242,8 @@ def markdown(m: dict[str, Any]) -> list[str]:
         ]
         for name, doc in y["compared"].items():
             for p in doc["pairs"]:
-                need = p.get("users_needed") or {}
-                ratio = need.get("ratio")
                 lines.append(f"| {name} | {p['a']} vs {p['b']} | {p['better'] or 'too close'} | "
-                             f"{_users(need.get('interleaving')) if need else 'n/a'} | "
-                             f"{_users(need.get('ab')) if need else 'n/a'} | "
-                             f"{'n/a' if ratio is None else f'{ratio:.1f}'} |")
+                             f"{_needed(p)} |")
     lines += [
         "",
         "The literature reports interleaving needing 10–100× fewer users than A/B (Chapelle "

@@ -143,6 +143,11 @@ def _unpack(flat: Tensor, shapes: Mapping[str, tuple[int, ...]]) -> dict[str, Te
     return out
 
 
+def _dense_parameters(net: DINNetwork) -> list[nn.Parameter]:
+    """Every parameter but the embedding, in the order both sides of a step flatten them."""
+    return [p for name, p in net.named_parameters() if name != "embedding.weight"]
+
+
 class GradientReplica:
     """A network of the learner's architecture that computes one shard's gradients from
     parameters loaded before each step (see the module doc).
@@ -157,7 +162,7 @@ class GradientReplica:
             self.net = DINNetwork(n_rows, **network).to(device)
         self.net.embedding.sparse = True
         self.net.train()
-        self.dense = [p for name, p in self.net.named_parameters() if name != "embedding.weight"]
+        self.dense = _dense_parameters(self.net)
         self.buffers = list(self.net.buffers())
         self.n_dense = sum(p.numel() for p in self.dense)
         self.n_buffers = sum(b.numel() for b in self.buffers)
@@ -331,14 +336,14 @@ class StepGroup:
         return header.to(self.device), ints.to(self.device), floats.to(self.device)
 
     def _parameters(self, net: DINNetwork, touched: Tensor) -> Tensor:
-        dense = [p for name, p in net.named_parameters() if name != "embedding.weight"]
+        dense = _dense_parameters(net)
         with torch.no_grad():
             return torch.cat([*(t.reshape(-1).float() for t in (*dense, *net.buffers())),
                               net.embedding.weight[touched].reshape(-1).float()])
 
     def _apply(self, net: DINNetwork, grads: Tensor, touched: Tensor) -> None:
         replica = self.replica
-        dense = [p for name, p in net.named_parameters() if name != "embedding.weight"]
+        dense = _dense_parameters(net)
         flags = grads[-len(dense):].tolist()
         at = 0
         for p, flag in zip(dense, flags, strict=True):
