@@ -54,8 +54,6 @@ from typing import Any
 
 import numpy as np
 import polars as pl
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
 
 from features.joiner import JoinerConfig
 from learners import LEARNERS, Learner, make_learner
@@ -64,6 +62,7 @@ from replay.click_models import CLICK_MODELS, ClickModel, ClickSessions
 from replay.engine import OnlineEngine, Outcome
 from replay.inputs import ReplayInput, iter_events, read_replay_input
 from replay.interleaving import METHODS
+from replay.plots import figure
 from replay.progress import progress
 from replay.report import OutcomeRecorder, json_safe
 from replay.simulation import (
@@ -467,9 +466,8 @@ def _markdown(doc: Mapping[str, Any]) -> str:
 
 def _plot_p_correct(doc: Mapping[str, Any], path: Path) -> None:
     curves = [p for p in doc["pairs"] if "p_correct" in p]
-    fig = Figure(figsize=(8.5, 4.5), dpi=110, layout="constrained")
-    FigureCanvasAgg(fig)
-    ax = fig.subplots()
+    fig, axes = figure(height=4.5)
+    ax = axes[0, 0]
     for index, p in enumerate(curves):
         color = f"C{index % 10}"
         users = p["p_correct"]["users"]
@@ -496,10 +494,8 @@ def _plot_win_rates(doc: Mapping[str, Any], path: Path) -> None:
         rate = p["interleaving"]["win_rate_b"]
         if rate is not None:
             rates[j, i], rates[i, j] = rate, 1 - rate
-    fig = Figure(figsize=(5 + 0.4 * len(models), 4 + 0.4 * len(models)), dpi=110,
-                 layout="constrained")
-    FigureCanvasAgg(fig)
-    ax = fig.subplots()
+    fig, axes = figure(height=4 + 0.4 * len(models), width=5 + 0.4 * len(models))
+    ax = axes[0, 0]
     image = ax.imshow(rates, vmin=0.0, vmax=1.0, cmap="RdBu")
     ax.set_xticks(range(len(models)), models, rotation=45, ha="right")
     ax.set_yticks(range(len(models)), models)

@@ -24,13 +24,16 @@ from matplotlib.figure import Figure
 
 from replay.breakdown import format_duration
 
-__all__ = ["PLOTS", "write_plots"]
+__all__ = ["PLOTS", "figure", "write_plots"]
 
 _DPI = 110
 
 
-def _figure(rows: int = 1, cols: int = 1, *, height: float = 4.2, **kwargs: Any):
-    fig = Figure(figsize=(8.5, height * rows), dpi=_DPI, layout="constrained")
+def figure(rows: int = 1, cols: int = 1, *, height: float = 4.2, width: float = 8.5,
+           **kwargs: Any):
+    """A figure on the file backend and its axes, ``rows`` × ``cols`` (``height`` per row,
+    inches)."""
+    fig = Figure(figsize=(width, height * rows), dpi=_DPI, layout="constrained")
     FigureCanvasAgg(fig)
     return fig, fig.subplots(rows, cols, squeeze=False, **kwargs)
 
@@ -43,7 +46,7 @@ def metric_over_time(doc: Mapping[str, Any], fig_path: Path) -> bool:
     width = series["width_ms"]
     # Mid-bucket times, as UTC datetimes: the axis then reads as dates.
     times = [datetime.fromtimestamp((s + width / 2) / 1000, tz=UTC) for s in starts]
-    fig, axes = _figure(3, 1, height=2.9, sharex=True)
+    fig, axes = figure(3, 1, height=2.9, sharex=True)
     auc_ax, calib_ax, count_ax = axes[:, 0]
     for name, values in series["learners"].items():
         auc_ax.plot(times, _floats(values["auc"]), marker="o", markersize=3, label=name)
@@ -76,7 +79,7 @@ def reliability(doc: Mapping[str, Any], fig_path: Path) -> bool:
     tables = {name: rows for name, rows in (doc.get("reliability") or {}).items() if rows}
     if not tables:
         return False
-    fig, axes = _figure(height=6.0)
+    fig, axes = figure(height=6.0)
     ax = axes[0, 0]
     values = [v for rows in tables.values() for r in rows
               for v in (r["mean_predicted"], r["observed"]) if v > 0]
@@ -109,7 +112,7 @@ def label_delay(doc: Mapping[str, Any], fig_path: Path) -> bool:
     # Empty bins past the longest delay would only stretch the axis.
     last = int(np.flatnonzero(counts)[-1]) + 1
     counts, edges = counts[:last], edges[: last + 1]
-    fig, axes = _figure()
+    fig, axes = figure()
     ax = axes[0, 0]
     # The first edge is 0: draw that bin from 0.1 s so it shows on the log axis.
     left = np.maximum(edges[:-1], 0.1)
@@ -136,7 +139,7 @@ def sequence_lengths(doc: Mapping[str, Any], fig_path: Path) -> bool:
         return False
     titles = {"recent": "recent behaviour sequence",
               "same_category": "same-category (lifelong) search"}
-    fig, axes = _figure(1, 2, height=3.8)
+    fig, axes = figure(1, 2, height=3.8)
     for ax, (name, counts) in zip(axes[0], lengths.items(), strict=True):
         total = sum(counts) or 1
         ax.bar(range(len(counts)), [c / total for c in counts], color="tab:green")
