@@ -298,10 +298,6 @@ class Verdict:
     p_value: float
     n: int
 
-    @property
-    def significant(self) -> bool:
-        return self.p_value < 0.05
-
 
 def _histogram(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     values = np.asarray(values, dtype=np.float64).ravel()
