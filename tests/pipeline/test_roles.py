@@ -31,7 +31,13 @@ from replay.synthetic import generate, write_stream
 
 pytestmark = pytest.mark.integration
 
-JOIN = JoinerConfig(window_ms=60_000)
+# The workers read the topics while the producer writes them, so a partition read to its
+# current end may still receive earlier records (the producer's batches for it are in
+# flight): the merge would release later events past them and the join would depend on
+# arrival order. A lateness longer than the whole stream (~29 minutes of event time) holds
+# every event until the sentinels, produced last, arrive: then both runs join the same
+# events in the same order.
+JOIN = JoinerConfig(window_ms=60_000, allowed_lateness_ms=3_600_000)
 PARTITIONS = 4
 # Features that depend on the user's own events only: the same whichever worker owns the
 # user. (An item's counters count its impressions in one shard only.)
@@ -59,11 +65,13 @@ def new_topics(bootstrap: str, *, partitions: int) -> Topics:
 
 def produce_stream(stream_dir: Path, bootstrap: str, topics: Topics, partitions: int) -> int:
     """The stream, then one sentinel impression per partition far in the future, which
-    closes every window of the stream; returns how many distinct impressions it has."""
+    moves the watermark past every window of the stream; returns how many distinct
+    impressions it has."""
     produce_folder(stream_dir, bootstrap, topics=topics, show_progress=False)
     impressions = pl.read_parquet(stream_dir / "impressions.parquet")
     clicks = pl.read_parquet(stream_dir / "clicks.parquet")
-    end = max(impressions["ts"].max(), clicks["ts"].max()) + 10 * JOIN.window_ms
+    end = max(impressions["ts"].max(), clicks["ts"].max())
+    end += JOIN.allowed_lateness_ms + 10 * JOIN.window_ms
     producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all")
     for p in range(partitions):
         sentinel = Impression(f"sentinel-{p}", "r", f"sentinel-user-{p}", "it", "c", 0, end)
