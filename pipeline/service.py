@@ -67,7 +67,9 @@ after scoring it (progressive validation at label time, see
 :class:`pipeline.samples.SampleTrainer`); it is a single writer: one train worker
 owns all partitions of the samples topic. Each role checkpoints its own state with
 its own input offsets, as above; samples reach the train role at least once (a join
-worker restarted from a checkpoint produces again what it produced after it).
+worker restarted from a checkpoint produces again what it produced after it, and one
+given partitions its checkpoint has no offset for reads them from their beginning and
+produces all of their samples again).
 """
 
 from __future__ import annotations
