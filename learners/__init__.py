@@ -15,56 +15,23 @@ learners.base.LearnerError: learner 'ftrl': got an unexpected keyword argument '
 
 from __future__ import annotations
 
-import importlib
 import inspect
-from collections.abc import Callable, Iterator, Mapping
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import Any
 
 from learners.base import Learner, LearnerError
-
-if TYPE_CHECKING:
-    from learners.din import DIN
-    from learners.ftrl import FTRLProximal
-    from learners.gbdt_lr import GBDTLR
+from learners.din import DIN
+from learners.ftrl import FTRLProximal
+from learners.gbdt_lr import GBDTLR
 
 __all__ = ["DIN", "GBDTLR", "LEARNERS", "FTRLProximal", "Learner", "LearnerError", "make_learner"]
 
-# Name (as used by `--learners ftrl,gbdt_lr,din`) -> (module, class) of its factory.
-_CLASSES = {
-    "ftrl": ("learners.ftrl", "FTRLProximal"),
-    "gbdt_lr": ("learners.gbdt_lr", "GBDTLR"),
-    "din": ("learners.din", "DIN"),
+# Name (as used by `--learners ftrl,gbdt_lr,din`) -> factory taking the learner's params.
+LEARNERS: dict[str, Callable[..., Learner]] = {
+    "ftrl": FTRLProximal,
+    "gbdt_lr": GBDTLR,
+    "din": DIN,
 }
-
-
-class _Registry(Mapping[str, Callable[..., Learner]]):
-    """Name -> learner class, each module imported when its class is first asked for.
-
-    torch (DIN) and river with scikit-learn (GBDT+LR's drift detector) take seconds to
-    import: a command that learns nothing (``checkpoint show``, ``--help``) need not wait
-    for them.
-    """
-
-    def __getitem__(self, name: str) -> Callable[..., Learner]:
-        module, attribute = _CLASSES[name]
-        return getattr(importlib.import_module(module), attribute)
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(_CLASSES)
-
-    def __len__(self) -> int:
-        return len(_CLASSES)
-
-
-LEARNERS: Mapping[str, Callable[..., Learner]] = _Registry()
-_BY_CLASS = {attribute: name for name, (_, attribute) in _CLASSES.items()}
-
-
-def __getattr__(attribute: str) -> Any:
-    """``from learners import DIN`` imports DIN's module then (see :class:`_Registry`)."""
-    if attribute in _BY_CLASS:
-        return LEARNERS[_BY_CLASS[attribute]]
-    raise AttributeError(f"module {__name__!r} has no attribute {attribute!r}")
 
 
 def make_learner(name: str, **params: Any) -> Learner:
